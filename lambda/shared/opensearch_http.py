@@ -59,6 +59,9 @@ def signed_request(
         )
     except (urllib3.exceptions.TimeoutError, urllib3.exceptions.MaxRetryError) as error:
         raise OpenSearchTimeout(f"{method} {path}: no answer within {timeout_s}s") from error
+    except urllib3.exceptions.ProtocolError as error:
+        # The connection dropped before a response (reset, closed mid-answer): no answer either.
+        raise OpenSearchTimeout(f"{method} {path}: connection lost before an answer ({error})") from error
     text = raw.data.decode("utf-8", errors="replace")
     try:
         decoded = json.loads(text) if text else None
