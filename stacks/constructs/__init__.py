@@ -1,0 +1,1 @@
+"""The project's own constructs: the repeated patterns every stack uses, defined once."""

@@ -1,0 +1,49 @@
+"""One stage = the stacks named `Rag<Stage>-<Part>`, wired together through typed objects.
+
+Stateful stacks (Storage, Search) are separate from the stateless ones so the latter can be
+destroyed and redeployed freely; stages that retain data get termination protection on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aws_cdk as cdk
+from constructs import Construct
+
+from stacks.config import StageConfig
+from stacks.storage_stack import StorageStack
+
+PROJECT_TAG = "rag-on-aws-accelerators"
+StackT = TypeVar("StackT", bound=cdk.Stack)
+
+
+@dataclass(frozen=True)
+class StageStacks:
+    """The stacks of one stage, for tests and for wiring."""
+
+    storage: StorageStack
+
+
+def build_stage(scope: Construct, stage: StageConfig) -> StageStacks:
+    """Creates every stack of `stage`, in dependency order."""
+    storage = _new_stack(StorageStack, scope, stage, "Storage", stateful=True)
+    return StageStacks(storage=storage)
+
+
+def _new_stack(cls: type[StackT], scope: Construct, stage: StageConfig, part: str, *, stateful: bool, **kwargs) -> StackT:
+    """Creates stack `<prefix>-<part>` with the stage's environment, tags and protection."""
+    environment = cdk.Environment(account=stage.account, region=stage.region) if stage.account or stage.region else None
+    stack = cls(
+        scope,
+        f"{stage.stack_prefix}-{part}",
+        stage=stage,
+        env=environment,
+        description=f"RAG on AWS accelerators ({stage.name}): {part}",
+        termination_protection=stateful and stage.retain_data,
+        **kwargs,
+    )
+    cdk.Tags.of(stack).add("project", PROJECT_TAG)
+    cdk.Tags.of(stack).add("stage", stage.name)
+    return stack

@@ -1,0 +1,55 @@
+"""Shared fixtures. Every stage is synthesized ONCE per test run (session scope), with cdk-nag on."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+
+def cdk_json_context() -> dict[str, Any]:
+    """The context the CDK CLI would pass: cdk.json's `context` block."""
+    return json.loads((ROOT / "cdk.json").read_text())["context"]
+
+
+@dataclass
+class Synthesized:
+    """The cloud assembly of every stage, plus the objects that built it."""
+
+    config: Any  # stacks.config.AppConfig
+    stages: list  # list[stacks.stage.StageStacks]
+    assembly: Any  # aws_cdk.cx_api.CloudAssembly
+
+    @property
+    def stack_names(self) -> list[str]:
+        return sorted(stack.stack_name for stack in self.assembly.stacks)
+
+    def template(self, stack_name: str) -> dict:
+        return self.assembly.get_stack_by_name(stack_name).template
+
+    def assertions(self, stack_name: str):
+        # Template.from_stack would re-run the validation plugins; the synthesized JSON is the truth.
+        from aws_cdk.assertions import Template
+
+        return Template.from_json(self.template(stack_name))
+
+    def stage(self, name: str):
+        return next(stage for stage in self.stages if stage.storage.stack_name.startswith(f"Rag{name.capitalize()}-"))
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory) -> Synthesized:
+    from app import build_app
+    from stacks.config import load_config
+
+    context = {**cdk_json_context(), "stage": "all"}
+    app, stages = build_app(context, outdir=str(tmp_path_factory.mktemp("cdk.out")))
+    assembly = app.synth()  # raises if cdk-nag reports an unacknowledged finding
+    return Synthesized(config=load_config(context), stages=stages, assembly=assembly)
