@@ -43,7 +43,7 @@ class FakeDomain:
         with self.lock:
             script = self.routes.get((method, path))
             if not script:
-                return (200, {"acknowledged": True}) if method in ("PUT", "DELETE") else (404, {"error": {"type": "not_found"}})
+                return (200, {"acknowledged": True}) if method in ("PUT", "DELETE", "PATCH") else (404, {"error": {"type": "not_found"}})
             return script.pop(0) if len(script) > 1 else script[0]
 
     def bodies(self, method: str, path: str) -> list[Any]:
@@ -99,7 +99,7 @@ def server():
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
-        do_GET = do_PUT = do_DELETE = do_POST = _serve
+        do_GET = do_PUT = do_DELETE = do_POST = do_PATCH = _serve
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
@@ -152,6 +152,7 @@ def props(endpoint: str, **overrides) -> dict[str, Any]:
         "KnowledgeBaseRoleArn": KB_ROLE,
         "QueryRoleArn": QUERY_ROLE,
         "RetainIndex": "false",
+        "AuditLogging": "true",
     }
     values.update(overrides)
     return values
@@ -194,6 +195,7 @@ def test_create_builds_index_roles_and_pipeline_with_signed_requests(server):
         "GET /rag-documents",
         "PUT /rag-documents",
         "PUT /_search/pipeline/rag-hybrid",
+        "PATCH /_plugins/_security/api/audit",
     ]
     assert domain.bad_signatures == 0
     first = domain.requests[0]["headers"]
@@ -236,6 +238,18 @@ def test_the_fake_domain_rejects_a_wrong_signature(server):
     signed_request(endpoint=server.endpoint, method="GET", path="/rag-documents", region=REGION,
                    credentials=Credentials("AKIDTEST", "another-secret", "session-token-test"))
     assert domain.bad_signatures == 1
+
+
+def test_audit_logging_patch_and_its_failure_is_not_fatal(server):
+    domain = server()
+    domain.on("PATCH", "/_plugins/_security/api/audit", (400, {"status": "BAD_REQUEST"}))
+    assert run({"RequestType": "Create", "ResourceProperties": props(server.endpoint)})["Data"]["Index"] == "created"
+    [patch] = domain.bodies("PATCH", "/_plugins/_security/api/audit")
+    assert {"op": "add", "path": "/config/enabled", "value": True} in patch
+
+    domain = server()
+    run({"RequestType": "Create", "ResourceProperties": props(server.endpoint, AuditLogging="false")})
+    assert not domain.bodies("PATCH", "/_plugins/_security/api/audit")
 
 
 def test_existing_identical_index_is_success_without_recreating(server):

@@ -101,6 +101,7 @@ class IndexSpec:
     kb_role_arn: str
     query_role_arn: str
     retain_index: bool
+    audit_logging: bool = False
 
     @property
     def host(self) -> str:
@@ -162,6 +163,7 @@ class IndexSpec:
             kb_role_arn=required("KnowledgeBaseRoleArn"),
             query_role_arn=required("QueryRoleArn"),
             retain_index=as_bool("RetainIndex"),
+            audit_logging=as_bool("AuditLogging"),
         )
 
 
@@ -376,11 +378,30 @@ def ensure_pipeline(domain: Domain, spec: IndexSpec) -> None:
         raise ResourceError(f"PUT search pipeline {spec.pipeline_name} failed: HTTP {response.status}: {_short(response.body)}")
 
 
+# Publishing audit logs to CloudWatch is half of it: the security plugin must also log. Skip the
+# noisiest categories (every authenticated / authorized request), keep failures and changes.
+AUDIT_PATCH = [
+    {"op": "add", "path": "/config/enabled", "value": True},
+    {"op": "add", "path": "/config/audit/disabled_rest_categories", "value": ["AUTHENTICATED", "GRANTED_PRIVILEGES"]},
+    {"op": "add", "path": "/config/audit/disabled_transport_categories", "value": ["AUTHENTICATED", "GRANTED_PRIVILEGES"]},
+]
+
+
+def ensure_audit_logging(domain: Domain) -> bool:
+    """Turns on audit logging in the security plugin; a failure is logged, not fatal (search works without it)."""
+    response = domain.call("PATCH", "/_plugins/_security/api/audit", AUDIT_PATCH)
+    if not response.ok:
+        logger.warning("audit logging not enabled", extra={"status": response.status, "body": _short(response.body)})
+    return response.ok
+
+
 def converge(domain: Domain, spec: IndexSpec) -> dict[str, Any]:
     """Create and Update: bring the domain to the spec. Access before the index, so the KB can use it at once."""
     ensure_access(domain, spec)
     outcome = ensure_index(domain, spec)
     ensure_pipeline(domain, spec)
+    if spec.audit_logging:
+        ensure_audit_logging(domain)
     return {
         "PhysicalResourceId": spec.physical_id,
         "Data": {"IndexName": spec.index_name, "PipelineName": spec.pipeline_name, "Index": outcome},
