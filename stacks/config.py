@@ -127,8 +127,6 @@ class SearchConfig:
                 raise ConfigError("filterable_fields", name, "a field name distinct from the vector, text and metadata fields")
         if not 0.0 < self.hybrid_vector_weight < 1.0:
             raise ConfigError("hybrid_vector_weight", self.hybrid_vector_weight, "between 0 and 1, exclusive (both sub-queries count)")
-        if self.multi_az and self.dedicated_master_count == 0 and self.data_node_count > 2:
-            raise ConfigError("dedicated_master_count", 0, "3 or 5 for a multi-AZ domain with more than two data nodes")
         _one_of(self, "log_retention_days", (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 3653))
 
 
