@@ -1,0 +1,106 @@
+"""Query function entry: API Gateway proxy event -> validate -> answer -> JSON response.
+
+Routes: POST /query (the serving path) and GET /health (configuration check, no model call).
+Every outcome is a JSON response; failures are mapped by `shared.api.classify` and their detail
+is logged, never returned. Settings and clients are made once per container, on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from shared import api, aws_clients, observability
+
+from . import prompts, request as query_request, service
+from .settings import Settings
+
+_settings: Settings | None = None
+_clients: service.Clients | None = None
+
+
+def configure(settings: Settings | None = None, clients: service.Clients | None = None) -> None:
+    """Replaces this container's settings and clients (tests); None resets to lazy defaults."""
+    global _settings, _clients
+    _settings, _clients = settings, clients
+
+
+def _runtime() -> tuple[Settings, service.Clients]:
+    global _settings, _clients
+    if _settings is None:
+        _settings = Settings.from_env()
+    if _clients is None:
+        _clients = service.Clients(_settings)
+    return _settings, _clients
+
+
+def main(event: Any, context: Any) -> dict:
+    started = time.perf_counter()
+    request_id = _request_id(event, context)
+    fields: dict[str, Any] = {}
+    try:
+        aws_clients.set_deadline(context)
+        if not isinstance(event, dict):
+            raise api.ApiError(400, "event: not an API Gateway request", field="event")
+        route = (event.get("httpMethod"), event.get("resource") or event.get("path"))
+        settings, clients = _runtime()
+        if route == ("GET", "/health"):
+            return api.json_response(200, _health(settings), request_id=request_id)
+        if route != ("POST", "/query"):
+            raise api.ApiError(404, "no such route; use POST /query or GET /health")
+        req = query_request.validate(query_request.parse_body(event), settings)
+        fields.update(mode=req.mode, retriever=req.retriever if req.mode == "rag" else None, top_k=req.top_k,
+                      question_chars=len(req.question), filters=sorted(req.filters))
+        body = service.answer(req, settings, clients)
+        fields.update(model=body["model"], cited=[c["n"] for c in body["citations"]], timings_ms=body["timings_ms"], usage=body["usage"])
+        _record(200, started, fields)
+        return api.json_response(200, body, request_id=request_id)
+    except Exception as error:  # every failure becomes a mapped response; detail only in logs
+        return _failure(error, request_id, started, fields)
+
+
+def _failure(error: Exception, request_id: str, started: float, fields: dict) -> dict:
+    try:
+        status, message, headers = api.classify(error)
+        observability.log_failure(error, status=status, request_id=request_id, **fields)
+        _record(status, started, fields, log=False)
+        return api.error_response(status, message, request_id=request_id, field=getattr(error, "field", None), headers=headers)
+    except Exception as secondary:  # the last resort must not raise either
+        print(json.dumps({"level": "ERROR", "message": "failed while reporting a failure", "request_id": request_id,
+                          "error_type": type(error).__name__, "secondary_error_type": type(secondary).__name__}))
+        return api.error_response(500, api.GENERIC_MESSAGE, request_id=request_id)
+
+
+def _health(settings: Settings) -> dict:
+    return {
+        "status": "ok",
+        "prompt_version": prompts.PROMPT_VERSION,
+        "generator": settings.generator,
+        "model": settings.generation_model,
+        "default_retriever": settings.default_retriever,
+    }
+
+
+def _record(status: int, started: float, fields: dict, *, log: bool = True) -> None:
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    metrics = observability.metrics()
+    metrics.add_metric(name="Queries", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="QueryLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
+    if status >= 400:
+        metrics.add_metric(name="QueryClientErrors" if status < 500 else "QueryServerErrors", unit=MetricUnit.Count, value=1)
+    metrics.flush_metrics()
+    if log:
+        observability.logger().info(
+            "query served", extra={"status": status, "elapsed_ms": round(elapsed_ms, 1), "prompt_version": prompts.PROMPT_VERSION, **fields}
+        )
+
+
+def _request_id(event: Any, context: Any) -> str:
+    if isinstance(event, dict):
+        request_context = event.get("requestContext")
+        if isinstance(request_context, dict) and isinstance(request_context.get("requestId"), str):
+            return request_context["requestId"][:128]
+    return str(getattr(context, "aws_request_id", "local"))[:128]
