@@ -13,6 +13,8 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from stacks.config import StageConfig
+from stacks.knowledge_base_stack import KnowledgeBaseStack
+from stacks.search_stack import SearchStack
 from stacks.storage_stack import StorageStack
 
 PROJECT_TAG = "rag-on-aws-accelerators"
@@ -24,12 +26,16 @@ class StageStacks:
     """The stacks of one stage, for tests and for wiring."""
 
     storage: StorageStack
+    search: SearchStack = None
+    knowledge_base: KnowledgeBaseStack = None
 
 
 def build_stage(scope: Construct, stage: StageConfig) -> StageStacks:
     """Creates every stack of `stage`, in dependency order."""
     storage = _new_stack(StorageStack, scope, stage, "Storage", stateful=True)
-    return StageStacks(storage=storage)
+    search = _new_stack(SearchStack, scope, stage, "Search", stateful=True, storage=storage)
+    knowledge_base = _new_stack(KnowledgeBaseStack, scope, stage, "KnowledgeBase", stateful=False, storage=storage, search=search)
+    return StageStacks(storage=storage, search=search, knowledge_base=knowledge_base)
 
 
 def _new_stack(cls: type[StackT], scope: Construct, stage: StageConfig, part: str, *, stateful: bool, **kwargs) -> StackT:

@@ -204,7 +204,8 @@ def test_create_builds_index_roles_and_pipeline_with_signed_requests(server):
     assert first["X-Amz-Security-Token"] == "session-token-test"
 
     [index] = domain.bodies("PUT", "/rag-documents")
-    assert index["settings"]["index"] == {"knn": True, "number_of_replicas": 0}
+    assert index["settings"]["index"] == {"knn": True, "number_of_replicas": 0, **vi.SLOW_LOG_THRESHOLDS}
+    assert index["settings"]["index"]["search.slowlog.threshold.query.warn"] == "2s"
     fields = index["mappings"]["properties"]
     assert fields["embedding"] == {"type": "knn_vector", "dimension": 1024, "method": {
         "name": "hnsw", "engine": "faiss", "space_type": "l2", "parameters": {"m": 16, "ef_construction": 512}}}

@@ -56,6 +56,13 @@ READER_CLUSTER_PERMISSIONS = ("indices:data/read/msearch",)
 READER_INDEX_PERMISSIONS = ("indices:data/read/search", "indices:data/read/msearch", "indices:data/read/get")
 
 HNSW_PARAMETERS = {"m": 16, "ef_construction": 512}
+# The domain publishes slow logs to CloudWatch, but an index logs nothing until it has thresholds.
+SLOW_LOG_THRESHOLDS = {
+    "search.slowlog.threshold.query.warn": "2s",
+    "search.slowlog.threshold.query.info": "500ms",
+    "indexing.slowlog.threshold.index.warn": "10s",
+    "indexing.slowlog.threshold.index.info": "2s",
+}
 
 
 class ResourceError(Exception):
@@ -182,7 +189,7 @@ def index_body(spec: IndexSpec) -> dict[str, Any]:
     }
     properties.update({name: {"type": "keyword"} for name in spec.filterable_fields})
     return {
-        "settings": {"index": {"knn": True, "number_of_replicas": spec.number_of_replicas}},
+        "settings": {"index": {"knn": True, "number_of_replicas": spec.number_of_replicas, **SLOW_LOG_THRESHOLDS}},
         "mappings": {"properties": properties},
     }
 
