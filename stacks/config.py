@@ -231,6 +231,7 @@ class InferenceConfig:
     target_invocations_per_instance: int = 20
     latency_alarm_p90_s: int = 20
     errors_alarm_threshold: int = 5
+    log_retention_days: int = 30
 
     def validate(self) -> None:
         _one_of(self, "instance_type", tuple(INF2_NEURON_CORES))
@@ -265,6 +266,7 @@ class InferenceConfig:
         _in_range(self, "target_invocations_per_instance", 1, 10000)
         _in_range(self, "latency_alarm_p90_s", 1, 60)
         _in_range(self, "errors_alarm_threshold", 1, 10000)
+        _one_of(self, "log_retention_days", (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 3653))
 
 
 @dataclass(frozen=True)

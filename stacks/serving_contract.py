@@ -28,8 +28,8 @@ as `Parameters` unchanged (with a JSONPath value, rename the key to `S3Uri.$` yo
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
 
 import aws_cdk as cdk
 from constructs import Construct
@@ -231,22 +231,31 @@ def supports_volume_size(instance_type: str) -> bool:
     return instance_type in EBS_ONLY_INSTANCE_TYPES
 
 
-@dataclass(frozen=True)
 class ServingContract:
-    """The contract bound to one stack: image resolved for its region, settings from config."""
+    """The contract bound to one stack: the image resolved for its region, settings from config.
 
-    image: str
-    image_repository_arn: str
-    inference: InferenceConfig
+    The image is resolved on first use, so a stack that never deploys a model (inference
+    disabled) gets neither the region mapping nor the region check.
+    """
+
     served_model_name = SERVED_MODEL_NAME  # a class constant: the environment sets the same name
+
+    def __init__(self, scope: Construct, inference: InferenceConfig):
+        self._scope = scope
+        self.inference = inference
 
     @classmethod
     def for_stack(cls, scope: Construct, inference: InferenceConfig) -> "ServingContract":
-        return cls(
-            image=image_uri_for(scope),
-            image_repository_arn=image_repository_arn_for(scope),
-            inference=inference,
-        )
+        return cls(scope, inference)
+
+    @functools.cached_property
+    def image(self) -> str:
+        """Literal URI, or Fn::FindInMap in an environment-agnostic stack."""
+        return image_uri_for(self._scope)
+
+    @functools.cached_property
+    def image_repository_arn(self) -> str:
+        return image_repository_arn_for(self._scope)
 
     @property
     def environment(self) -> dict[str, str]:

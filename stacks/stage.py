@@ -13,6 +13,7 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from stacks.config import StageConfig
+from stacks.inference_stack import InferenceStack
 from stacks.knowledge_base_stack import KnowledgeBaseStack
 from stacks.search_stack import SearchStack
 from stacks.storage_stack import StorageStack
@@ -28,6 +29,7 @@ class StageStacks:
     storage: StorageStack
     search: SearchStack = None
     knowledge_base: KnowledgeBaseStack = None
+    inference: InferenceStack = None  # always built; holds no endpoint when inference.enabled is false
 
 
 def build_stage(scope: Construct, stage: StageConfig) -> StageStacks:
@@ -35,7 +37,8 @@ def build_stage(scope: Construct, stage: StageConfig) -> StageStacks:
     storage = _new_stack(StorageStack, scope, stage, "Storage", stateful=True)
     search = _new_stack(SearchStack, scope, stage, "Search", stateful=True, storage=storage)
     knowledge_base = _new_stack(KnowledgeBaseStack, scope, stage, "KnowledgeBase", stateful=False, storage=storage, search=search)
-    return StageStacks(storage=storage, search=search, knowledge_base=knowledge_base)
+    inference = _new_stack(InferenceStack, scope, stage, "Inference", stateful=False, storage=storage)
+    return StageStacks(storage=storage, search=search, knowledge_base=knowledge_base, inference=inference)
 
 
 def _new_stack(cls: type[StackT], scope: Construct, stage: StageConfig, part: str, *, stateful: bool, **kwargs) -> StackT:

@@ -62,8 +62,9 @@ def test_concrete_region_stack_gets_the_literal_uri_and_no_mapping():
 def test_concrete_unsupported_region_fails_when_the_stack_asks():
     app = cdk.App()
     stack = cdk.Stack(app, "Elsewhere", env=cdk.Environment(region="eu-north-1"))
+    bound = contract.ServingContract.for_stack(stack, InferenceConfig())  # lazy: a disabled stage never asks
     with pytest.raises(contract.UnsupportedRegionError, match="supported regions: ap-northeast-1"):
-        contract.ServingContract.for_stack(stack, InferenceConfig())
+        bound.container_definition("s3://b/models/current/")
 
 
 def test_region_agnostic_stack_resolves_through_one_mapping_and_a_region_rule():
