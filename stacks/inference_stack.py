@@ -29,10 +29,9 @@ from constructs import Construct
 
 from stacks.config import StageConfig
 from stacks.constructs.compliance import acknowledge
-from stacks.serving_contract import ServingContract, supports_volume_size
+from stacks.serving_contract import VARIANT_NAME, ServingContract
 from stacks.storage_stack import ARTIFACT_PREFIXES, StorageStack
 
-VARIANT_NAME = "AllTraffic"
 SCALE_OUT_COOLDOWN_S = 300
 SCALE_IN_COOLDOWN_S = 900  # a new inf2 instance takes many minutes to serve: give capacity back slowly
 ROLLBACK_BAKE_S = 300
@@ -88,24 +87,11 @@ class InferenceStack(cdk.Stack):
         # The role's policy must exist before SageMaker checks the model's S3 and ECR access.
         self.model.node.add_dependency(self._execution_policy)
 
-        volume_ok = supports_volume_size(inference.instance_type)
-        self.endpoint_config = sagemaker.CfnEndpointConfig(
-            self,
-            "EndpointConfig",
-            kms_key_id=storage.key.key_arn if volume_ok else None,
-            production_variants=[
-                sagemaker.CfnEndpointConfig.ProductionVariantProperty(
-                    variant_name=VARIANT_NAME,
-                    model_name=self.model.attr_model_name,
-                    instance_type=inference.instance_type,
-                    initial_instance_count=inference.min_instances,
-                    initial_variant_weight=1.0,
-                    model_data_download_timeout_in_seconds=inference.model_data_download_timeout_s,
-                    container_startup_health_check_timeout_in_seconds=inference.startup_health_check_timeout_s,
-                    volume_size_in_gb=inference.volume_size_gib if volume_ok else None,
-                )
-            ],
-        )
+        # Same for the endpoint config: the pipeline's CreateEndpointConfig uses this very definition.
+        self.endpoint_config = sagemaker.CfnEndpointConfig(self, "EndpointConfig", production_variants=[])
+        config_definition = self.contract.endpoint_config_definition(model_name=self.model.attr_model_name, kms_key_arn=storage.key.key_arn)
+        for name, value in config_definition.items():
+            self.endpoint_config.add_property_override(name, value)
 
         self.errors_alarm, self.latency_alarm = self._alarms(stage)
 

@@ -237,3 +237,18 @@ def test_defaults_are_the_smallest_sensible_endpoint():
     assert inference.model_s3_prefix == "models/current/"
     assert 600 <= inference.model_data_download_timeout_s <= 3600 and 600 <= inference.startup_health_check_timeout_s <= 3600
     assert _stage_inference(enabled=False).enabled is False
+
+
+def test_endpoint_config_definition_is_shared_by_stack_and_pipeline():
+    app = cdk.App()
+    stack = cdk.Stack(app, "Variant", env=cdk.Environment(region="us-east-1"))
+    bound = contract.ServingContract.for_stack(stack, InferenceConfig(instance_type="ml.inf2.8xlarge", min_instances=2, max_instances=3))
+    definition = bound.endpoint_config_definition(model_name="m-1", kms_key_arn="arn:aws:kms:us-east-1:111122223333:key/k")
+    assert definition == {
+        "ProductionVariants": [{
+            "VariantName": "AllTraffic", "ModelName": "m-1", "InstanceType": "ml.inf2.8xlarge", "InitialInstanceCount": 2,
+            "InitialVariantWeight": 1.0, "ModelDataDownloadTimeoutInSeconds": 1200,
+            "ContainerStartupHealthCheckTimeoutInSeconds": 1800, "VolumeSizeInGB": 64}],
+        "KmsKeyId": "arn:aws:kms:us-east-1:111122223333:key/k",
+    }
+    assert contract.VARIANT_NAME == "AllTraffic"  # autoscaling is registered on this name
