@@ -177,6 +177,7 @@ class TrainingConfig:
     base_model_s3_prefix: str = "base-models/qwen3-1.7b/"
     auto_deploy: bool = False
     notification_email: Optional[str] = None
+    log_retention_days: int = 90
 
     def validate(self) -> None:
         _one_of(self, "instance_type", tuple(TRN1_NEURON_CORES))
@@ -188,6 +189,7 @@ class TrainingConfig:
         _matches(self, "base_model_s3_prefix", S3_PREFIX_PATTERN, "an S3 prefix ending in '/'")
         if self.notification_email is not None:
             _matches(self, "notification_email", r"^[^@\s]+@[^@\s]+\.[^@\s]+$", "an e-mail address")
+        _one_of(self, "log_retention_days", (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 3653))
 
 
 # Inferentia2 sizing (see model_artifacts/inference/README.md): host memory per instance type, the
@@ -286,6 +288,20 @@ class ServingConfig:
     throttle_rate_limit: int = 20
     throttle_burst_limit: int = 40
     log_retention_days: int = 30
+    memory_size_mb: int = 512
+    # The account-wide API Gateway CloudWatch role (AWS::ApiGateway::Account, one per account and
+    # region) that access/execution logging needs: false in every stage but one sharing an account.
+    api_cloudwatch_role: bool = True
+
+    @property
+    def retrieval_timeout_s(self) -> int:
+        """Read timeout of retrieval calls (Retrieve, embedding, OpenSearch)."""
+        return min(5, max(1, self.lambda_timeout_s // 5))
+
+    @property
+    def generation_timeout_s(self) -> int:
+        """Read timeout of generation calls: what is left after retrieval and a 1 s margin."""
+        return max(1, self.lambda_timeout_s - self.retrieval_timeout_s - 1)
 
     def validate(self) -> None:
         _one_of(self, "generator", ("endpoint", "bedrock"))
@@ -304,6 +320,7 @@ class ServingConfig:
         _in_range(self, "throttle_rate_limit", 1, 10000)
         _in_range(self, "throttle_burst_limit", 1, 5000)
         _one_of(self, "log_retention_days", (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 3653))
+        _in_range(self, "memory_size_mb", 128, 10240)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ from stacks.config import StageConfig
 from stacks.inference_stack import InferenceStack
 from stacks.knowledge_base_stack import KnowledgeBaseStack
 from stacks.search_stack import SearchStack
+from stacks.serving_stack import ServingStack
 from stacks.storage_stack import StorageStack
+from stacks.training_stack import TrainingStack
 
 PROJECT_TAG = "rag-on-aws-accelerators"
 StackT = TypeVar("StackT", bound=cdk.Stack)
@@ -30,6 +32,8 @@ class StageStacks:
     search: SearchStack = None
     knowledge_base: KnowledgeBaseStack = None
     inference: InferenceStack = None  # always built; holds no endpoint when inference.enabled is false
+    training: TrainingStack = None
+    serving: ServingStack = None
 
 
 def build_stage(scope: Construct, stage: StageConfig) -> StageStacks:
@@ -38,7 +42,9 @@ def build_stage(scope: Construct, stage: StageConfig) -> StageStacks:
     search = _new_stack(SearchStack, scope, stage, "Search", stateful=True, storage=storage)
     knowledge_base = _new_stack(KnowledgeBaseStack, scope, stage, "KnowledgeBase", stateful=False, storage=storage, search=search)
     inference = _new_stack(InferenceStack, scope, stage, "Inference", stateful=False, storage=storage)
-    return StageStacks(storage=storage, search=search, knowledge_base=knowledge_base, inference=inference)
+    training = _new_stack(TrainingStack, scope, stage, "Training", stateful=False, storage=storage, deploy_target=inference)
+    serving = _new_stack(ServingStack, scope, stage, "Serving", stateful=False, search=search, knowledge_base=knowledge_base, inference=inference)
+    return StageStacks(storage=storage, search=search, knowledge_base=knowledge_base, inference=inference, training=training, serving=serving)
 
 
 def _new_stack(cls: type[StackT], scope: Construct, stage: StageConfig, part: str, *, stateful: bool, **kwargs) -> StackT:
