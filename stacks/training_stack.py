@@ -42,7 +42,6 @@ from stacks.config import TRN1_NEURON_CORES, ConfigError, StageConfig
 from stacks.constructs.compliance import acknowledge
 from stacks.constructs.python_function import PythonFunction
 from stacks.constructs.source_archive import SourceArchive
-from stacks.inference_stack import VARIANT_NAME
 from stacks.storage_stack import ARTIFACT_PREFIXES, StorageStack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -461,7 +460,6 @@ class TrainingStack(cdk.Stack):
         return chain.next(notify_success).next(sfn.Succeed(self, "Done"))
 
     def _deploy_chain(self, target: DeployTarget, catch) -> sfn.IChainable:
-        inference = self.stage_config.inference
         configs = self._arn("sagemaker", f"endpoint-config/{self.job_prefix}-*")
         endpoint = self._arn("sagemaker", "endpoint/*") if cdk.Token.is_unresolved(target.endpoint_name) else self._arn("sagemaker", f"endpoint/{target.endpoint_name.lower()}")
         create_model = tasks.CallAwsService.jsonata(
@@ -472,19 +470,7 @@ class TrainingStack(cdk.Stack):
             iam_resources=[self._arn("sagemaker", f"model/{self.job_prefix}-*")],
             parameters={"ModelName": jsonata("$run.model_name"), **self.contract.model_definition(model_s3_uri=jsonata("$model_uri"), execution_role_arn=target.execution_role.role_arn)},
         )
-        variant: dict[str, Any] = {
-            "VariantName": VARIANT_NAME,
-            "ModelName": jsonata("$run.model_name"),
-            "InstanceType": inference.instance_type,
-            "InitialInstanceCount": inference.min_instances,
-            "InitialVariantWeight": 1.0,
-            "ModelDataDownloadTimeoutInSeconds": inference.model_data_download_timeout_s,
-            "ContainerStartupHealthCheckTimeoutInSeconds": inference.startup_health_check_timeout_s,
-        }
-        config_parameters: dict[str, Any] = {"EndpointConfigName": jsonata("$run.endpoint_config_name"), "ProductionVariants": [variant]}
-        if serving_contract.supports_volume_size(inference.instance_type):  # as InferenceStack's endpoint config
-            variant["VolumeSizeInGB"] = inference.volume_size_gib
-            config_parameters["KmsKeyId"] = self.storage.key.key_arn
+        config_parameters = {"EndpointConfigName": jsonata("$run.endpoint_config_name"), **self.contract.endpoint_config_definition(model_name=jsonata("$run.model_name"), kms_key_arn=self.storage.key.key_arn)}
         create_config = tasks.CallAwsService.jsonata(
             self,
             "CreateEndpointConfig",
