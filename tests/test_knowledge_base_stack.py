@@ -4,6 +4,7 @@ loses a change (queue, retries, DLQ + alarm, a first sync on create)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -13,6 +14,16 @@ import pytest
 from stacks.config import INDEX_NAME_PATTERN, KnowledgeBaseConfig
 
 STAGES = [("dev", "RagDev-KnowledgeBase", "RagDev-Search"), ("prod", "RagProd-KnowledgeBase", "RagProd-Search")]
+
+
+@functools.lru_cache(maxsize=None)
+def _read(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def template_of(synth, stack: str) -> dict:
+    """The synthesized template, read once from the assembly directory (jsii round trips cost ~0.1 s each)."""
+    return _read(str(Path(synth.assembly.directory) / f"{stack}.template.json"))
 SAMPLES = Path(__file__).resolve().parents[1] / "model_artifacts" / "sample_documents"
 
 
@@ -30,7 +41,7 @@ def only_named(template: dict, kind: str) -> tuple[str, dict]:
 
 @pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
 def test_knowledge_base_on_the_managed_cluster_with_https_endpoint(synth, stage, stack, search):
-    kb = only(synth.template(stack), "AWS::Bedrock::KnowledgeBase")["Properties"]
+    kb = only(template_of(synth, stack), "AWS::Bedrock::KnowledgeBase")["Properties"]
     storage = kb["StorageConfiguration"]
     assert storage["Type"] == "OPENSEARCH_MANAGED_CLUSTER"
     cluster = storage["OpensearchManagedClusterConfiguration"]
@@ -43,9 +54,9 @@ def test_knowledge_base_on_the_managed_cluster_with_https_endpoint(synth, stage,
 
 @pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
 def test_index_and_field_names_are_the_ones_the_custom_resource_creates(synth, stage, stack, search):
-    cluster = only(synth.template(stack), "AWS::Bedrock::KnowledgeBase")["Properties"]["StorageConfiguration"][
+    cluster = only(template_of(synth, stack), "AWS::Bedrock::KnowledgeBase")["Properties"]["StorageConfiguration"][
         "OpensearchManagedClusterConfiguration"]
-    index = only(synth.template(search), "Custom::VectorIndex")["Properties"]
+    index = only(template_of(synth, search), "Custom::VectorIndex")["Properties"]
     assert cluster["VectorIndexName"] == index["IndexName"]
     assert cluster["FieldMapping"] == {
         "VectorField": index["VectorField"], "TextField": index["TextField"], "MetadataField": index["MetadataField"]}
@@ -53,12 +64,12 @@ def test_index_and_field_names_are_the_ones_the_custom_resource_creates(synth, s
 
 @pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
 def test_titan_v2_embeddings_with_the_index_dimensions(synth, stage, stack, search):
-    vector = only(synth.template(stack), "AWS::Bedrock::KnowledgeBase")["Properties"]["KnowledgeBaseConfiguration"]
+    vector = only(template_of(synth, stack), "AWS::Bedrock::KnowledgeBase")["Properties"]["KnowledgeBaseConfiguration"]
     assert vector["Type"] == "VECTOR"
     config = vector["VectorKnowledgeBaseConfiguration"]
     assert config["EmbeddingModelArn"]["Fn::Join"][1][-1] == "::foundation-model/amazon.titan-embed-text-v2:0"
     dimensions = config["EmbeddingModelConfiguration"]["BedrockEmbeddingModelConfiguration"]["Dimensions"]
-    assert dimensions == only(synth.template(search), "Custom::VectorIndex")["Properties"]["Dimensions"]
+    assert dimensions == only(template_of(synth, search), "Custom::VectorIndex")["Properties"]["Dimensions"]
     assert dimensions == synth.config.stages[stage].knowledge_base.embedding_dimensions in (256, 512, 1024)
 
 
@@ -73,7 +84,7 @@ def test_the_knowledge_base_waits_for_the_index(synth):
 @pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
 def test_data_source_reads_the_documents_prefix_with_configured_chunking(synth, stage, stack, search):
     config = synth.config.stages[stage]
-    source = only(synth.template(stack), "AWS::Bedrock::DataSource")["Properties"]
+    source = only(template_of(synth, stack), "AWS::Bedrock::DataSource")["Properties"]
     assert source["KnowledgeBaseId"] == {"Fn::GetAtt": ["KnowledgeBase", "KnowledgeBaseId"]}
     s3 = source["DataSourceConfiguration"]["S3Configuration"]
     assert s3["InclusionPrefixes"] == [config.storage.documents_prefix]
@@ -107,7 +118,7 @@ def test_every_chunking_strategy_maps_to_its_cloudformation_shape(strategy, expe
 
 @pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
 def test_s3_changes_flow_through_eventbridge_and_sqs_to_a_single_ingest_function(synth, stage, stack, search):
-    template = synth.template(stack)
+    template = template_of(synth, stack)
     config = synth.config.stages[stage]
     rule = only(template, "AWS::Events::Rule")["Properties"]
     pattern = rule["EventPattern"]
@@ -138,7 +149,7 @@ def test_s3_changes_flow_through_eventbridge_and_sqs_to_a_single_ingest_function
 
 @pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
 def test_ingest_may_start_jobs_on_this_knowledge_base_only(synth, stage, stack, search):
-    template = synth.template(stack)
+    template = template_of(synth, stack)
     statements = [s for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Policy"
                   for s in r["Properties"]["PolicyDocument"]["Statement"]]
     (start,) = [s for s in statements if s["Action"] == "bedrock:StartIngestionJob"]
@@ -147,7 +158,7 @@ def test_ingest_may_start_jobs_on_this_knowledge_base_only(synth, stage, stack, 
 
 @pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
 def test_dead_letters_raise_an_alarm(synth, stage, stack, search):
-    template = synth.template(stack)
+    template = template_of(synth, stack)
     alarm = only(template, "AWS::CloudWatch::Alarm")["Properties"]
     (dead,) = [n for n, r in template["Resources"].items() if r["Type"] == "AWS::SQS::Queue" and n.startswith("IngestionDeadLetters")]
     assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible" and alarm["Namespace"] == "AWS/SQS"
@@ -159,7 +170,7 @@ def test_dead_letters_raise_an_alarm(synth, stage, stack, search):
 def test_first_sync_after_deploy_goes_through_the_ingestion_queue(synth, stage, stack, search):
     from ingest.handler import DEPLOY_SOURCE
 
-    template = synth.template(stack)
+    template = template_of(synth, stack)
     sync_name, sync = only_named(template, "Custom::AWS")
     create = json.dumps(sync["Properties"]["Create"])
     assert '"action\\":\\"sendMessage\\"' in create
