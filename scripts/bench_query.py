@@ -56,12 +56,19 @@ def request_overhead(requests: int) -> dict[str, dict[str, float]]:
             make_clients,
             retrieve_response,
             settings,
+            stream,
         )
         from query import handler
+        from shared.opensearch_http import OpenSearchResponse
+
+        hits = OpenSearchResponse(200, {"hits": {"hits": [
+            {"_id": "a", "_score": 0.9, "_source": {"text": "Keys rotate yearly.", "x-amz-bedrock-kb-source-uri": "s3://docs/kms.md"}},
+        ]}})
 
         cases = {
             "rag/kb/endpoint": ("endpoint", {"question": "How do keys rotate?"}),
             "rag/kb/bedrock": ("bedrock", {"question": "How do keys rotate?"}),
+            "rag/os/bedrock": ("bedrock", {"question": "How do keys rotate?", "retriever": "opensearch"}),
             "prompt/endpoint": ("endpoint", {"question": "How do keys rotate?", "mode": "prompt"}),
             "400 invalid": ("endpoint", {"question": ""}),
         }
@@ -74,7 +81,10 @@ def request_overhead(requests: int) -> dict[str, dict[str, float]]:
             handler.configure(s, clients)
             samples = []
             for i in range(requests + 50):
-                if body.get("question") and body.get("mode") != "prompt":
+                if body.get("retriever") == "opensearch":
+                    stubs.runtime.add_response("invoke_model", {"body": stream({"embedding": [0.1, 0.2, 0.3, 0.4]}), "contentType": "application/json"})
+                    stubs.search.responses.append(hits)
+                elif body.get("question") and body.get("mode") != "prompt":
                     stubs.agent.add_response("retrieve", retrieve_response("Keys rotate yearly.", "Use EnableKeyRotation."))
                 if body.get("question"):
                     if generator == "endpoint":
