@@ -16,6 +16,8 @@ destroyed and redeployed; a redeploy syncs the documents again. Reads like the d
 
 from __future__ import annotations
 
+import hashlib
+
 import aws_cdk as cdk
 from aws_cdk import aws_bedrock as bedrock
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -34,6 +36,15 @@ from stacks.search_stack import TITAN_V2_MODEL_ID, SearchStack, retention
 from stacks.storage_stack import StorageStack
 
 DEPLOY_SYNC_SOURCE = "rag.deploy"  # lambda/ingest/handler.py DEPLOY_SOURCE
+
+
+def replacement_suffix(*values) -> str:
+    """8 hex chars that change with the properties whose change replaces the resource.
+
+    CloudFormation creates the replacement before deleting the old one, so a fixed name would
+    collide (knowledge base names per account, data source names per knowledge base).
+    """
+    return hashlib.sha256("|".join(map(str, values)).encode()).hexdigest()[:8]
 
 
 def chunking_configuration(kb: KnowledgeBaseConfig) -> bedrock.CfnDataSource.ChunkingConfigurationProperty:
@@ -66,6 +77,17 @@ def chunking_configuration(kb: KnowledgeBaseConfig) -> bedrock.CfnDataSource.Chu
             ),
         )
     return bedrock.CfnDataSource.ChunkingConfigurationProperty(chunking_strategy="NONE")
+
+
+def chunking_key(kb: KnowledgeBaseConfig) -> tuple:
+    """The settings the chunking configuration actually uses (they replace the data source when changed)."""
+    used = {
+        "FIXED_SIZE": (kb.chunk_max_tokens, kb.chunk_overlap_percentage),
+        "HIERARCHICAL": (kb.hierarchical_parent_max_tokens, kb.chunk_max_tokens, kb.hierarchical_overlap_tokens),
+        "SEMANTIC": (kb.semantic_breakpoint_percentile, kb.semantic_buffer_size, kb.chunk_max_tokens),
+        "NONE": (),
+    }
+    return (kb.chunking_strategy, *used[kb.chunking_strategy])
 
 
 class Ingestion(Construct):
@@ -185,7 +207,7 @@ class KnowledgeBaseStack(cdk.Stack):
         self.knowledge_base = bedrock.CfnKnowledgeBase(
             self,
             "KnowledgeBase",
-            name=f"rag-{stage.name}-documents",
+            name=f"rag-{stage.name}-{replacement_suffix(index.domain_name, index.index_name, index.vector_field, index.text_field, index.metadata_field, kb.embedding_model_id, kb.embedding_dimensions)}",
             description=f"Documents of the {stage.name} stage, embedded with Titan v2 ({kb.embedding_dimensions} dimensions)",
             role_arn=search.knowledge_base_role.role_arn,
             knowledge_base_configuration=bedrock.CfnKnowledgeBase.KnowledgeBaseConfigurationProperty(
@@ -218,7 +240,7 @@ class KnowledgeBaseStack(cdk.Stack):
             self,
             "Documents",
             knowledge_base_id=self.knowledge_base_id,
-            name="documents",
+            name=f"documents-{replacement_suffix(*chunking_key(kb))}",
             description=f"s3://<documents bucket>/{stage.storage.documents_prefix}",
             data_source_configuration=bedrock.CfnDataSource.DataSourceConfigurationProperty(
                 type="S3",

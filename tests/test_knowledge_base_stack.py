@@ -116,6 +116,27 @@ def test_every_chunking_strategy_maps_to_its_cloudformation_shape(strategy, expe
     assert plain(chunking_configuration(KnowledgeBaseConfig(chunking_strategy=strategy))) == expected
 
 
+def test_names_change_exactly_when_cloudformation_must_replace():
+    from stacks.knowledge_base_stack import chunking_key, replacement_suffix
+
+    base = KnowledgeBaseConfig()
+    # A setting the strategy does not use leaves the data source (and its vectors) alone...
+    assert chunking_key(base) == chunking_key(KnowledgeBaseConfig(semantic_buffer_size=1, ingestion_batch_window_s=5))
+    # ...one it uses gives a new name, so the replacement does not collide with the old data source.
+    assert replacement_suffix(*chunking_key(base)) != replacement_suffix(*chunking_key(KnowledgeBaseConfig(chunk_max_tokens=512)))
+    assert chunking_key(KnowledgeBaseConfig(chunking_strategy="NONE")) == ("NONE",)
+
+
+@pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
+def test_knowledge_base_and_data_source_names_are_valid(synth, stage, stack, search):
+    template = template_of(synth, stack)
+    kb_name = only(template, "AWS::Bedrock::KnowledgeBase")["Properties"]["Name"]
+    source_name = only(template, "AWS::Bedrock::DataSource")["Properties"]["Name"]
+    for name in (kb_name, source_name):  # CloudFormation's pattern for both
+        assert re.fullmatch(r"([0-9a-zA-Z][_-]?){1,100}", name), name
+    assert kb_name.startswith(f"rag-{stage}-")
+
+
 @pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
 def test_s3_changes_flow_through_eventbridge_and_sqs_to_a_single_ingest_function(synth, stage, stack, search):
     template = template_of(synth, stack)
