@@ -210,3 +210,21 @@ def test_sample_documents_carry_only_filterable_metadata(synth):
         sidecar = document.with_name(document.name + ".metadata.json")
         attributes = json.loads(sidecar.read_text())["metadataAttributes"]
         assert set(attributes) <= filterable, sidecar.name
+
+
+@pytest.mark.parametrize(("section", "values", "key"), [
+    ("knowledge_base", {"embedding_dimensions": 768}, "knowledge_base.embedding_dimensions"),
+    ("knowledge_base", {"chunking_strategy": "HIERARCHICAL", "hierarchical_parent_max_tokens": 200}, "knowledge_base.hierarchical_parent_max_tokens"),
+    ("knowledge_base", {"semantic_breakpoint_percentile": 40}, "knowledge_base.semantic_breakpoint_percentile"),
+    ("knowledge_base", {"ingestion_retry_after_s": 30}, "knowledge_base.ingestion_retry_after_s"),
+    ("search", {"engine_version": "2.11"}, "search.engine_version"),
+    ("search", {"hybrid_vector_weight": 1.0}, "search.hybrid_vector_weight"),
+    ("search", {"index_name": "_rag"}, "search.index_name"),
+    ("search", {"filterable_fields": ["text"]}, "search.filterable_fields"),
+])
+def test_bad_search_and_knowledge_base_config_fails_naming_the_key(section, values, key):
+    from stacks.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as error:
+        load_config({"stages": {"dev": {section: values}}})
+    assert error.value.key == f"stages.dev.{key}"

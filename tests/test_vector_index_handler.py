@@ -88,6 +88,9 @@ def server():
             answer = domain.answer(self.command, self.path)
             if callable(answer):
                 answer = answer()
+            if answer is None:  # drop the connection without answering
+                self.close_connection = True
+                return
             status, body = answer
             data = json.dumps(body).encode()
             try:
@@ -364,6 +367,14 @@ def test_request_timeouts_are_retried(server):
     assert result["Data"]["Index"] == "created"
     assert domain.paths().count("PUT /_search/pipeline/rag-hybrid") == 2
     assert len(fake.sleeps) == 1
+
+
+def test_dropped_connections_are_retried(server):
+    domain = server()
+    domain.on("GET", "/rag-documents", lambda: None, (404, {"error": {"type": "index_not_found_exception"}}))
+    fake = FakeTime()
+    assert run({"RequestType": "Create", "ResourceProperties": props(server.endpoint)}, fake)["Data"]["Index"] == "created"
+    assert domain.paths().count("GET /rag-documents") == 2
 
 
 def test_delete_keeps_the_index_when_retained(server):
