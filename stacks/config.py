@@ -29,6 +29,12 @@ TRN1_NEURON_CORES = {
     "ml.trn1n.32xlarge": 32,
 }
 TITAN_V2_DIMENSIONS = (256, 512, 1024)
+# The retention periods CloudWatch Logs offers, in days, with the CDK RetentionDays member of each.
+LOG_RETENTION_DAYS = {
+    1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS", 30: "ONE_MONTH", 60: "TWO_MONTHS",
+    90: "THREE_MONTHS", 120: "FOUR_MONTHS", 150: "FIVE_MONTHS", 180: "SIX_MONTHS", 365: "ONE_YEAR", 400: "THIRTEEN_MONTHS",
+    545: "EIGHTEEN_MONTHS", 731: "TWO_YEARS", 1096: "THREE_YEARS", 1827: "FIVE_YEARS", 3653: "TEN_YEARS",
+}
 STAGE_NAME_PATTERN = r"^[a-z][a-z0-9]{1,15}$"
 # Bedrock's rule for VectorIndexName (CloudFormation OpenSearchManagedClusterConfiguration).
 INDEX_NAME_PATTERN = r"^(?![\-_+.])[a-z0-9][a-z0-9\-_\.]*$"
@@ -127,7 +133,7 @@ class SearchConfig:
                 raise ConfigError("filterable_fields", name, "a field name distinct from the vector, text and metadata fields")
         if not 0.0 < self.hybrid_vector_weight < 1.0:
             raise ConfigError("hybrid_vector_weight", self.hybrid_vector_weight, "between 0 and 1, exclusive (both sub-queries count)")
-        _one_of(self, "log_retention_days", (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 3653))
+        _one_of(self, "log_retention_days", tuple(LOG_RETENTION_DAYS))
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,7 @@ class TrainingConfig:
         _matches(self, "base_model_s3_prefix", S3_PREFIX_PATTERN, "an S3 prefix ending in '/'")
         if self.notification_email is not None:
             _matches(self, "notification_email", r"^[^@\s]+@[^@\s]+\.[^@\s]+$", "an e-mail address")
-        _one_of(self, "log_retention_days", (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 3653))
+        _one_of(self, "log_retention_days", tuple(LOG_RETENTION_DAYS))
 
 
 # Inferentia2 sizing (see model_artifacts/inference/README.md): host memory per instance type, the
@@ -268,7 +274,7 @@ class InferenceConfig:
         _in_range(self, "target_invocations_per_instance", 1, 10000)
         _in_range(self, "latency_alarm_p90_s", 1, 60)
         _in_range(self, "errors_alarm_threshold", 1, 10000)
-        _one_of(self, "log_retention_days", (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 3653))
+        _one_of(self, "log_retention_days", tuple(LOG_RETENTION_DAYS))
 
 
 @dataclass(frozen=True)
@@ -319,7 +325,7 @@ class ServingConfig:
             _in_range(self, "reserved_concurrency", 1, 1000)
         _in_range(self, "throttle_rate_limit", 1, 10000)
         _in_range(self, "throttle_burst_limit", 1, 5000)
-        _one_of(self, "log_retention_days", (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 3653))
+        _one_of(self, "log_retention_days", tuple(LOG_RETENTION_DAYS))
         _in_range(self, "memory_size_mb", 128, 10240)
 
 

@@ -29,6 +29,7 @@ from constructs import Construct
 
 from stacks.config import StageConfig
 from stacks.constructs.compliance import acknowledge
+from stacks.constructs.log_retention import retention
 from stacks.serving_contract import VARIANT_NAME, ServingContract
 from stacks.storage_stack import ARTIFACT_PREFIXES, StorageStack
 
@@ -73,7 +74,7 @@ class InferenceStack(cdk.Stack):
             self,
             "EndpointLogs",
             log_group_name=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
-            retention=getattr(logs.RetentionDays, _RETENTION[inference.log_retention_days]),
+            retention=retention(inference.log_retention_days),
             removal_policy=cdk.RemovalPolicy.RETAIN if stage.retain_data else cdk.RemovalPolicy.DESTROY,
         )
         self._grant_runtime(self.log_group)
@@ -149,8 +150,8 @@ class InferenceStack(cdk.Stack):
     def _execution_role(self, storage: StorageStack) -> iam.Role:
         """SageMaker's role: read the serving artifacts (models/ only) and decrypt them."""
         models_prefix = ARTIFACT_PREFIXES.models
-        bucket_export = f"{storage.stack_name}:ArtifactsBucketArn"
-        bucket_arn = _import_from(storage, storage.artifacts_bucket.bucket_arn, bucket_export)
+        bucket_export = storage.artifacts_arn_export.name
+        bucket_arn = storage.artifacts_arn_export.value
         role = iam.Role(
             self,
             "ExecutionRole",
@@ -261,21 +262,3 @@ class InferenceStack(cdk.Stack):
         if self.endpoint_arn is None:
             raise ValueError("inference is disabled for this stage: there is no endpoint to invoke")
         return iam.PolicyStatement(actions=["sagemaker:InvokeEndpoint"], resources=[self.endpoint_arn])
-
-
-def _import_from(producer: cdk.Stack, value: str, export_name: str) -> str:
-    """Imports `value` from `producer` under a fixed export name (so acknowledgements can name it).
-
-    Another stack may already have exported the same value under the same name: reuse it then.
-    """
-    if producer.node.try_find_child(f"Export{export_name}") is None:
-        return producer.export_value(value, name=export_name)
-    return cdk.Fn.import_value(export_name)
-
-
-# CloudWatch's retention choices (the config allows exactly these day counts).
-_RETENTION = {
-    1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS", 30: "ONE_MONTH", 60: "TWO_MONTHS",
-    90: "THREE_MONTHS", 120: "FOUR_MONTHS", 150: "FIVE_MONTHS", 180: "SIX_MONTHS", 365: "ONE_YEAR", 400: "THIRTEEN_MONTHS",
-    545: "EIGHTEEN_MONTHS", 731: "TWO_YEARS", 1096: "THREE_YEARS", 1827: "FIVE_YEARS", 3653: "TEN_YEARS",
-}

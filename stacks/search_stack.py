@@ -29,6 +29,7 @@ from constructs import Construct
 
 from stacks.config import KnowledgeBaseConfig, SearchConfig, StageConfig
 from stacks.constructs.compliance import acknowledge
+from stacks.constructs.log_retention import retention
 from stacks.constructs.python_function import PythonFunction
 from stacks.storage_stack import StorageStack
 
@@ -273,9 +274,8 @@ class SearchStack(cdk.Stack):
     def _knowledge_base_role(self, stage: StageConfig, storage: StorageStack, domain_arn: str, index_arn: str) -> iam.Role:
         """Assumed by Bedrock for this account's knowledge bases only; every permission inline."""
         prefix = stage.storage.documents_prefix
-        # An explicitly named export, so the cdk-nag finding id below is stable (CDK's own export names are internal).
-        documents_export = f"{storage.stack_name}:DocumentsBucketArn"
-        documents_bucket_arn = storage.export_value(storage.documents_bucket.bucket_arn, name=documents_export)
+        documents_export = storage.documents_arn_export.name
+        documents_bucket_arn = storage.documents_arn_export.value
         nag_index_arn = f"arn:<AWS::Partition>:es:<AWS::Region>:<AWS::AccountId>:domain/{domain_name_for(stage)}/{stage.search.index_name}"
         principal = iam.ServicePrincipal("bedrock.amazonaws.com").with_conditions({
             "StringEquals": {"aws:SourceAccount": self.account},
@@ -325,15 +325,3 @@ class SearchStack(cdk.Stack):
             acknowledge(self.domain, "AwsSolutions-OS4", f"Stage {stage.name} is a one-node development domain; prod uses dedicated masters")
         if not stage.search.multi_az:
             acknowledge(self.domain, "AwsSolutions-OS7", f"Stage {stage.name} is a one-node development domain; prod is multi-AZ")
-
-
-_RETENTION = {
-    1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS", 30: "ONE_MONTH", 60: "TWO_MONTHS",
-    90: "THREE_MONTHS", 120: "FOUR_MONTHS", 150: "FIVE_MONTHS", 180: "SIX_MONTHS", 365: "ONE_YEAR", 400: "THIRTEEN_MONTHS",
-    545: "EIGHTEEN_MONTHS", 731: "TWO_YEARS", 1096: "THREE_YEARS", 1827: "FIVE_YEARS", 3653: "TEN_YEARS",
-}
-
-
-def retention(days: int) -> logs.RetentionDays:
-    """The RetentionDays member for a day count (config validates that the count is one CloudWatch offers)."""
-    return getattr(logs.RetentionDays, _RETENTION[days])

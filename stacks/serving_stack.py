@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Optional
+from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk import aws_apigateway as apigw
@@ -29,7 +29,7 @@ from constructs import Construct
 from stacks.config import ServingConfig, StageConfig
 from stacks.constructs.compliance import acknowledge
 from stacks.constructs.python_function import PythonFunction
-from stacks.search_stack import retention
+from stacks.constructs.log_retention import retention
 
 API_STAGE_NAME = "v1"
 # API Gateway's default (and, without a quota increase, maximum) REST integration timeout.

@@ -31,11 +31,24 @@ class ArtifactPrefixes:
 ARTIFACT_PREFIXES = ArtifactPrefixes()
 
 
+@dataclass(frozen=True)
+class ExportedArn:
+    """A bucket ARN exported under a fixed name, for other stacks' IAM statements.
+
+    CDK's generated export names are internal; a fixed name keeps the consumers' templates and the
+    cdk-nag finding ids that quote them (e.g. `Resource::RagDev-Storage:DocumentsBucketArn/*`) stable.
+    """
+
+    name: str  # the export name, as cdk-nag findings spell the ARN
+    value: str  # Fn::ImportValue of it: use only in other stacks
+
+
 class StorageStack(cdk.Stack):
     """Buckets for documents, training data, model artifacts and their access logs.
 
     Attributes: `key`, `documents_bucket`, `training_bucket`, `artifacts_bucket`,
-    `access_logs_bucket`, `documents_prefix`.
+    `access_logs_bucket`, `documents_prefix`, and the buckets' ARNs for other stacks:
+    `documents_arn_export`, `training_arn_export`, `artifacts_arn_export`.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, **kwargs) -> None:
@@ -65,6 +78,9 @@ class StorageStack(cdk.Stack):
             ],
         )
 
+        self.documents_arn_export = self._export_arn("DocumentsBucketArn", self.documents_bucket)
+        self.training_arn_export = self._export_arn("TrainingBucketArn", self.training_bucket)
+        self.artifacts_arn_export = self._export_arn("ArtifactsBucketArn", self.artifacts_bucket)
         self._acknowledge_cdk_helpers()
 
         for name, bucket in (
@@ -74,6 +90,10 @@ class StorageStack(cdk.Stack):
         ):
             cdk.CfnOutput(self, name, value=bucket.bucket_name)
         cdk.CfnOutput(self, "DocumentsPrefix", value=storage.documents_prefix)
+
+    def _export_arn(self, name: str, bucket: s3.Bucket) -> ExportedArn:
+        export = f"{self.stack_name}:{name}"
+        return ExportedArn(name=export, value=self.export_value(bucket.bucket_arn, name=export))
 
     def _acknowledge_cdk_helpers(self) -> None:
         """CDK's own helper Lambda for bucket notifications, which the project cannot configure."""

@@ -40,6 +40,7 @@ from constructs import Construct
 from stacks import serving_contract
 from stacks.config import TRN1_NEURON_CORES, ConfigError, StageConfig
 from stacks.constructs.compliance import acknowledge
+from stacks.constructs.log_retention import retention
 from stacks.constructs.python_function import PythonFunction
 from stacks.constructs.source_archive import SourceArchive
 from stacks.storage_stack import ARTIFACT_PREFIXES, StorageStack
@@ -157,7 +158,7 @@ class TrainingStack(cdk.Stack):
             source="validate_training_input",
             description="Validates a fine-tuning request (data, base model, hyperparameters) and names its jobs",
             timeout=cdk.Duration.seconds(60),
-            log_retention=getattr(logs.RetentionDays, self._retention_name(training.log_retention_days)),
+            log_retention=retention(training.log_retention_days),
             environment={
                 "TRAINING_BUCKET": storage.training_bucket.bucket_name,
                 "ARTIFACTS_BUCKET": artifacts,
@@ -174,7 +175,7 @@ class TrainingStack(cdk.Stack):
             self,
             "PipelineLogs",
             log_group_name=f"/aws/vendedlogs/states/{stage.stack_prefix}-fine-tuning",
-            retention=getattr(logs.RetentionDays, self._retention_name(training.log_retention_days)),
+            retention=retention(training.log_retention_days),
             removal_policy=cdk.RemovalPolicy.RETAIN if stage.retain_data else cdk.RemovalPolicy.DESTROY,
         )
         definition = self._definition(deploy_target if deploy else None, cores)
@@ -194,11 +195,6 @@ class TrainingStack(cdk.Stack):
         cdk.CfnOutput(self, "StateMachineArn", value=self.state_machine.state_machine_arn, description="Start a fine-tuning run: scripts/start_training.py")
         cdk.CfnOutput(self, "ModelPackageGroupName", value=self.model_package_group_name)
         cdk.CfnOutput(self, "NotificationTopicArn", value=self.topic.topic_arn)
-
-    @staticmethod
-    def _retention_name(days: int) -> str:
-        names = {1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS", 30: "ONE_MONTH", 60: "TWO_MONTHS", 90: "THREE_MONTHS", 120: "FOUR_MONTHS", 150: "FIVE_MONTHS", 180: "SIX_MONTHS", 365: "ONE_YEAR", 400: "THIRTEEN_MONTHS", 545: "EIGHTEEN_MONTHS", 731: "TWO_YEARS", 1096: "THREE_YEARS", 1827: "FIVE_YEARS", 3653: "TEN_YEARS"}
-        return names[days]
 
     # --- images ---------------------------------------------------------------------------------
 
@@ -227,21 +223,13 @@ class TrainingStack(cdk.Stack):
     def _arn(self, service: str, resource: str) -> str:
         return f"arn:{self.partition}:{service}:{self.region}:{self.account}:{resource}"
 
-    def _bucket_arn(self, bucket, name: str) -> str:
-        """A Storage bucket ARN under a fixed export name, so acknowledgements can name it."""
-        export = f"{self.storage.stack_name}:{name}"
-        if self.storage.node.try_find_child(f"Export{export}") is None:
-            return self.storage.export_value(bucket.bucket_arn, name=export)
-        return cdk.Fn.import_value(export)
-
     def _job_role(self) -> iam.Role:
         """The role SageMaker runs both jobs with: the buckets' prefixes, the two images, its logs."""
         self.training_image, training_repository = self._training_image()
         role = iam.Role(self, "JobRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"), description="Fine-tuning and compile jobs")
         p = ARTIFACT_PREFIXES
-        self._exports = {"data": f"{self.storage.stack_name}:TrainingBucketArn", "artifacts": f"{self.storage.stack_name}:ArtifactsBucketArn"}
-        data = self._bucket_arn(self.storage.training_bucket, "TrainingBucketArn")
-        artifacts = self._bucket_arn(self.storage.artifacts_bucket, "ArtifactsBucketArn")
+        data = self.storage.training_arn_export.value
+        artifacts = self.storage.artifacts_arn_export.value
         self._artifacts_arn = artifacts
         asset = self.code.asset
         statements = [
@@ -277,7 +265,7 @@ class TrainingStack(cdk.Stack):
     def _grant_validator(self) -> None:
         p = ARTIFACT_PREFIXES
         statements = [
-            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self._bucket_arn(self.storage.training_bucket, "TrainingBucketArn")]),
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self.storage.training_arn_export.value]),
             iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self._artifacts_arn], conditions={"StringLike": {"s3:prefix": [f"{p.base_models}*"]}}),
             iam.PolicyStatement(actions=["s3:GetObject"], resources=[f"{self._artifacts_arn}/{p.base_models}*/config.json"]),
             iam.PolicyStatement(actions=["kms:Decrypt"], resources=[self.storage.key.key_arn]),
@@ -517,7 +505,7 @@ class TrainingStack(cdk.Stack):
 
     def _acknowledge(self, deploy: bool) -> None:
         p = ARTIFACT_PREFIXES
-        data, artifacts = self._exports["data"], self._exports["artifacts"]
+        data, artifacts = self.storage.training_arn_export.name, self.storage.artifacts_arn_export.name
         group = self.model_package_group_name.lower()
         arn = "arn:<AWS::Partition>:{service}:<AWS::Region>:<AWS::AccountId>:{resource}"
         for rule, reason in [

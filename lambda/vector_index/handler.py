@@ -26,7 +26,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 from urllib.parse import quote, urlparse
 
 from aws_lambda_powertools import Logger
