@@ -47,52 +47,39 @@ def actions_of(statement: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def dev(synth):
-    return synth.template("RagDev-Training")
+def manual(synth):
+    """prod: on-demand training, new versions wait for approval."""
+    return synth.template("RagProd-Training")
 
 
 @pytest.fixture(scope="module")
-def dev_states(dev):
-    return definition(dev)["States"]
+def manual_states(manual):
+    return definition(manual)["States"]
 
 
 @pytest.fixture(scope="module")
-def deploying():
-    """A stage with auto_deploy: Storage + Inference + Training only, without the nag plugin."""
-    import aws_cdk as cdk
-
-    from stacks.config import StageConfig, TrainingConfig
-    from stacks.inference_stack import InferenceStack
-    from stacks.storage_stack import StorageStack
-    from stacks.training_stack import TrainingStack
-
-    stage = StageConfig(name="auto", training=TrainingConfig(auto_deploy=True, use_spot=True, max_wait_hours=30, instance_type="ml.trn1.32xlarge", notification_email="ops@example.com"))
-    context = {k: v for k, v in json.loads((ROOT / "cdk.json").read_text())["context"].items() if k != "stages"}
-    app = cdk.App(context=context)
-    storage = StorageStack(app, "RagAuto-Storage", stage=stage)
-    inference = InferenceStack(app, "RagAuto-Inference", stage=stage, storage=storage)
-    training = TrainingStack(app, "RagAuto-Training", stage=stage, storage=storage, deploy_target=inference)
-    template = app.synth().get_stack_by_name("RagAuto-Training").template
-    return template, inference
+def deploying(synth):
+    """dev: managed spot training and auto-deploy to the stage's endpoint."""
+    return synth.template("RagDev-Training"), synth.stage("dev").inference
 
 
 # --- the state machine ---------------------------------------------------------------------------
 
 
-def test_pipeline_states_and_order(dev_states, dev):
-    (machine,) = resources(dev, "AWS::StepFunctions::StateMachine").values()
+def test_pipeline_states_and_order(manual_states, manual):
+    (machine,) = resources(manual, "AWS::StepFunctions::StateMachine").values()
     assert machine["Properties"]["TracingConfiguration"] == {"Enabled": True}
     assert machine["Properties"]["LoggingConfiguration"]["Level"] == "ALL"
-    assert dev_states["ValidateInput"]["Next"] == "TrainModel"
-    assert dev_states["TrainModel"]["Next"] == "CompileForInferentia2"  # versions differ today
-    assert dev_states["CompileForInferentia2"]["Next"] == "RegisterModelVersion"
-    assert dev_states["RegisterModelVersion"]["Next"] == "NotifySuccess"
-    assert dev_states["NotifySuccess"]["Next"] == "Done"
-    assert not {"CreateModel", "UpdateEndpoint"} & set(dev_states)  # dev does not auto-deploy
+    assert manual_states["ValidateInput"]["Next"] == "TrainModel"
+    assert manual_states["TrainModel"]["Next"] == "CompileForInferentia2"  # versions differ today
+    assert manual_states["CompileForInferentia2"]["Next"] == "RegisterModelVersion"
+    assert manual_states["RegisterModelVersion"]["Next"] == "NotifySuccess"
+    assert manual_states["NotifySuccess"]["Next"] == "Done"
+    assert not {"CreateModel", "UpdateEndpoint"} & set(manual_states)  # prod waits for approval
 
 
-def test_training_job_on_trainium_with_checkpoints_cache_and_uncompressed_output(dev_states):
-    job = dev_states["TrainModel"]
+def test_training_job_on_trainium_with_checkpoints_cache_and_uncompressed_output(manual_states):
+    job = manual_states["TrainModel"]
     assert job["Resource"].endswith(":states:::sagemaker:createTrainingJob.sync")
     args = job["Arguments"]
     assert args["ResourceConfig"]["InstanceType"].startswith("ml.trn1")
@@ -110,13 +97,13 @@ def test_training_job_on_trainium_with_checkpoints_cache_and_uncompressed_output
     assert {c["ChannelName"] for c in args["InputDataConfig"]} == {"train", "base_model"}
 
 
-def test_compile_job_uses_the_serving_image_and_the_contract_shape(dev_states):
+def test_compile_job_uses_the_serving_image_and_the_contract_shape(manual_states):
     from stacks import serving_contract
     from stacks.training_stack import compile_in_training_job
 
     assert compile_in_training_job() is False
     assert compile_in_training_job("0.4.4", "0.4.4") is True
-    args = dev_states["CompileForInferentia2"]["Arguments"]
+    args = manual_states["CompileForInferentia2"]["Arguments"]
     assert args["AlgorithmSpecification"]["ContainerEntrypoint"] == ["optimum-cli"]
     command = args["AlgorithmSpecification"]["ContainerArguments"]
     assert command[:2] == ["export", "neuron"] and command[-1] == "/opt/ml/model"
@@ -125,27 +112,27 @@ def test_compile_job_uses_the_serving_image_and_the_contract_shape(dev_states):
     assert args["EnableNetworkIsolation"] is True
 
 
-def test_registry_step_registers_pending_approval_in_the_stage_group(dev, dev_states):
-    (group,) = resources(dev, "AWS::SageMaker::ModelPackageGroup").values()
-    assert group["Properties"]["ModelPackageGroupName"] == "RagDev-finetuned"
-    register = dev_states["RegisterModelVersion"]
+def test_registry_step_registers_pending_approval_in_the_stage_group(manual, manual_states):
+    (group,) = resources(manual, "AWS::SageMaker::ModelPackageGroup").values()
+    assert group["Properties"]["ModelPackageGroupName"] == "RagProd-finetuned"
+    register = manual_states["RegisterModelVersion"]
     assert register["Resource"].endswith(":states:::aws-sdk:sagemaker:createModelPackage")
     args = register["Arguments"]
-    assert args["ModelPackageGroupName"] == "RagDev-finetuned"
+    assert args["ModelPackageGroupName"] == "RagProd-finetuned"
     assert args["ModelApprovalStatus"] == "PendingManualApproval"
     (container,) = args["InferenceSpecification"]["Containers"]
     assert container["ModelDataSource"]["S3DataSource"]["CompressionType"] == "None"
     assert container["ModelDataSource"]["S3DataSource"]["S3Uri"] == "{% $model_uri %}"
 
 
-def test_every_task_fails_into_the_notification(dev_states):
-    tasks = [name for name, state in dev_states.items() if state["Type"] == "Task" and not name.startswith("Notify")]
+def test_every_task_fails_into_the_notification(manual_states):
+    tasks = [name for name, state in manual_states.items() if state["Type"] == "Task" and not name.startswith("Notify")]
     assert set(tasks) == {"ValidateInput", "TrainModel", "CompileForInferentia2", "RegisterModelVersion"}
     for name in tasks + ["NotifySuccess"]:
-        assert any(c["ErrorEquals"] == ["States.ALL"] and c["Next"] == "NotifyFailure" for c in dev_states[name]["Catch"]), name
-    assert dev_states["NotifyFailure"]["Resource"].endswith(":states:::sns:publish")
-    assert dev_states["NotifyFailure"]["Next"] == "PipelineFailed"
-    assert dev_states["PipelineFailed"]["Type"] == "Fail"
+        assert any(c["ErrorEquals"] == ["States.ALL"] and c["Next"] == "NotifyFailure" for c in manual_states[name]["Catch"]), name
+    assert manual_states["NotifyFailure"]["Resource"].endswith(":states:::sns:publish")
+    assert manual_states["NotifyFailure"]["Next"] == "PipelineFailed"
+    assert manual_states["PipelineFailed"]["Type"] == "Fail"
 
 
 def test_deploy_branch_with_spot_and_wait_loop(deploying):
@@ -154,7 +141,7 @@ def test_deploy_branch_with_spot_and_wait_loop(deploying):
     train = states["TrainModel"]["Arguments"]
     assert train["EnableManagedSpotTraining"] is True
     assert train["StoppingCondition"] == {"MaxRuntimeInSeconds": 24 * 3600, "MaxWaitTimeInSeconds": 30 * 3600}
-    assert train["ResourceConfig"]["InstanceType"] == "ml.trn1.32xlarge"
+    assert train["ResourceConfig"]["InstanceType"] == "ml.trn1.2xlarge"
     assert states["RegisterModelVersion"]["Arguments"]["ModelApprovalStatus"] == "Approved"
     assert states["RegisterModelVersion"]["Next"] == "CreateModel"
     assert states["CreateModel"]["Next"] == "CreateEndpointConfig"
@@ -176,7 +163,6 @@ def test_deploy_branch_with_spot_and_wait_loop(deploying):
     assert model["EnableNetworkIsolation"] is True
     for name in ("CreateModel", "CreateEndpointConfig", "UpdateEndpoint", "DescribeEndpoint"):
         assert any(c["Next"] == "NotifyFailure" for c in states[name]["Catch"]), name
-    assert resources(template, "AWS::SNS::Subscription")
 
 
 def test_auto_deploy_without_endpoint_fails_at_synth_naming_the_key():
@@ -200,11 +186,11 @@ def test_auto_deploy_without_endpoint_fails_at_synth_naming_the_key():
 # --- IAM -----------------------------------------------------------------------------------------
 
 
-def test_pipeline_iam_is_scoped_to_prefixes_roles_and_repositories(dev):
-    found = statements(dev)
+def test_pipeline_iam_is_scoped_to_prefixes_roles_and_repositories(manual):
+    found = statements(manual)
     text = json.dumps(found)
     create = [s for s in found if "sagemaker:CreateTrainingJob" in actions_of(s)]
-    assert create and all("training-job/ragdev-ft-*" in json.dumps(s["Resource"]) for s in create)
+    assert create and all("training-job/ragprod-ft-*" in json.dumps(s["Resource"]) for s in create)
     passes = [s for s in found if "iam:PassRole" in actions_of(s)]
     assert passes and all(s["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}} for s in passes)
     pulls = [s for s in found if "ecr:BatchGetImage" in actions_of(s)]
@@ -306,11 +292,11 @@ def test_handler_rejects_missing_data_and_unsupported_model(s3):
     assert any("safetensors" in p for p in problems)
 
 
-def test_lambda_environment_matches_the_rules(dev):
-    functions = resources(dev, "AWS::Lambda::Function")
+def test_lambda_environment_matches_the_rules(manual):
+    functions = resources(manual, "AWS::Lambda::Function")
     (env,) = [f["Properties"]["Environment"]["Variables"] for f in functions.values() if "HYPERPARAMETER_SPEC" in f["Properties"]["Environment"]["Variables"]]
     assert json.loads(env["HYPERPARAMETER_SPEC"]) == rules.user_spec(SPEC)
-    assert env["JOB_PREFIX"] == "ragdev-ft" and env["NEURON_CORES"] == "2" and env["BASE_MODELS_ROOT"] == "base-models/"
+    assert env["JOB_PREFIX"] == "ragprod-ft" and env["NEURON_CORES"] == "2" and env["BASE_MODELS_ROOT"] == "base-models/"
 
 
 # --- the start script ----------------------------------------------------------------------------
