@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+# Test apps skip CDK's built-in CloudFormation validation (~4 s a synth), as app.py does:
+# cfn-lint is the schema oracle here.
+os.environ.setdefault("CDK_VALIDATION", "false")
 
 
 def cdk_json_context() -> dict[str, Any]:
@@ -26,6 +30,7 @@ class Synthesized:
     config: Any  # stacks.config.AppConfig
     stages: list  # list[stacks.stage.StageStacks]
     assembly: Any  # aws_cdk.cx_api.CloudAssembly
+    lint: Any = field(default=None)  # multiprocessing AsyncResult: cfn-lint findings, started after synth
 
     @property
     def stack_names(self) -> list[str]:
@@ -45,11 +50,30 @@ class Synthesized:
 
 
 @pytest.fixture(scope="session")
-def synth(tmp_path_factory) -> Synthesized:
+def synth(tmp_path_factory):
     from app import build_app
     from stacks.config import load_config
+    from tests.cfn_lint_oracle import lint_template, probe_template
 
     context = {**cdk_json_context(), "stage": "all"}
     app, stages = build_app(context, outdir=str(tmp_path_factory.mktemp("cdk.out")))
     assembly = app.synth()  # raises if cdk-nag reports an unacknowledged finding
-    return Synthesized(config=load_config(context), stages=stages, assembly=assembly)
+    result = Synthesized(config=load_config(context), stages=stages, assembly=assembly)
+    # cfn-lint spends ~1 s of schema validation per template: it runs on both cores in the
+    # background while the other tests go on, and the lint tests (ordered last) collect it.
+    jobs = [(name, json.dumps(result.template(name))) for name in result.stack_names]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        result.lint = pool.starmap_async(lint_template, [*jobs, probe_template()])
+        yield result
+        pool.close()
+
+
+def pytest_collection_modifyitems(items):
+    """Synth-based tests first (to start the background lint early), lint tests last."""
+
+    def rank(item) -> int:
+        if item.get_closest_marker("cfn_lint"):
+            return 2
+        return 0 if "synth" in getattr(item, "fixturenames", ()) else 1
+
+    items.sort(key=rank)
