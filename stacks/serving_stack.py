@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk import aws_apigateway as apigw
@@ -30,6 +29,9 @@ from stacks.config import ServingConfig, StageConfig
 from stacks.constructs.compliance import acknowledge
 from stacks.constructs.python_function import PythonFunction
 from stacks.constructs.log_retention import retention
+from stacks.inference_stack import InferenceStack
+from stacks.knowledge_base_stack import KnowledgeBaseStack
+from stacks.search_stack import SearchStack
 
 API_STAGE_NAME = "v1"
 # API Gateway's default (and, without a quota increase, maximum) REST integration timeout.
@@ -115,9 +117,9 @@ class ServingStack(cdk.Stack):
         construct_id: str,
         *,
         stage: StageConfig,
-        search: Any,  # SearchStack: query_role, index (VectorIndexInfo)
-        knowledge_base: Any,  # KnowledgeBaseStack: knowledge_base_id, knowledge_base_arn
-        inference: Any,  # InferenceStack: endpoint_name (None when disabled), contract, invoke_statement()
+        search: SearchStack,
+        knowledge_base: KnowledgeBaseStack,
+        inference: InferenceStack,  # endpoint_name is None when inference is disabled
         **kwargs,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -125,7 +127,7 @@ class ServingStack(cdk.Stack):
         if serving.lambda_timeout_s >= INTEGRATION_TIMEOUT_S:
             raise ValueError(f"serving.lambda_timeout_s must be below the API's {INTEGRATION_TIMEOUT_S} s integration timeout")
         use_endpoint = serving.generator == "endpoint"
-        if use_endpoint and getattr(inference, "endpoint_name", None) is None:
+        if use_endpoint and inference.endpoint_name is None:
             raise ValueError("serving.generator 'endpoint' needs inference.enabled (no endpoint to call)")
 
         generation_arn, generation_grants = bedrock_model_arns(self, serving.bedrock_model_id)
@@ -184,7 +186,7 @@ class ServingStack(cdk.Stack):
     # --- environment -------------------------------------------------------------------------
 
     @staticmethod
-    def _environment(stage: StageConfig, search: Any, knowledge_base: Any, inference: Any, generation_arn: str, use_endpoint: bool) -> dict[str, str]:
+    def _environment(stage: StageConfig, search: SearchStack, knowledge_base: KnowledgeBaseStack, inference: InferenceStack, generation_arn: str, use_endpoint: bool) -> dict[str, str]:
         """The query function's environment: every name it reads (lambda/query/settings.py)."""
         serving, index = stage.serving, search.index
         environment = {

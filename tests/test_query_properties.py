@@ -95,7 +95,7 @@ def _check(response: dict) -> dict:
     return body
 
 
-@hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hsettings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=bodies, generator=st.sampled_from(["endpoint", "bedrock"]))
 def test_random_json_bodies_never_produce_a_5xx(body, generator):
     _configure(generator)
