@@ -29,7 +29,7 @@ from constructs import Construct
 
 from stacks.config import StageConfig
 from stacks.constructs.compliance import acknowledge
-from stacks.constructs.log_retention import retention
+from stacks.constructs.lifecycle import removal_policy, retention
 from stacks.serving_contract import VARIANT_NAME, ServingContract
 from stacks.storage_stack import ARTIFACT_PREFIXES, StorageStack
 
@@ -75,7 +75,7 @@ class InferenceStack(cdk.Stack):
             "EndpointLogs",
             log_group_name=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
             retention=retention(inference.log_retention_days),
-            removal_policy=cdk.RemovalPolicy.RETAIN if stage.retain_data else cdk.RemovalPolicy.DESTROY,
+            removal_policy=removal_policy(stage),
         )
         self._grant_runtime(self.log_group)
 

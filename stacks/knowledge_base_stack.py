@@ -32,7 +32,7 @@ from constructs import Construct
 
 from stacks.config import KnowledgeBaseConfig, StageConfig
 from stacks.constructs.python_function import PythonFunction
-from stacks.constructs.log_retention import retention
+from stacks.constructs.lifecycle import retention
 from stacks.search_stack import TITAN_V2_MODEL_ID, SearchStack
 from stacks.storage_stack import StorageStack
 

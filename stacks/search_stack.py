@@ -29,7 +29,7 @@ from constructs import Construct
 
 from stacks.config import KnowledgeBaseConfig, SearchConfig, StageConfig
 from stacks.constructs.compliance import acknowledge
-from stacks.constructs.log_retention import retention
+from stacks.constructs.lifecycle import removal_policy, retention
 from stacks.constructs.python_function import PythonFunction
 from stacks.storage_stack import StorageStack
 
@@ -185,7 +185,7 @@ class SearchStack(cdk.Stack):
     def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, storage: StorageStack, **kwargs) -> None:
         super().__init__(scope, construct_id, **kwargs)
         search = stage.search
-        removal = cdk.RemovalPolicy.RETAIN if stage.retain_data else cdk.RemovalPolicy.DESTROY
+        removal = removal_policy(stage)
         domain_name = domain_name_for(stage)
         # Built from the name, so roles and policies can name the domain without depending on it.
         domain_arn = self.format_arn(service="es", resource="domain", resource_name=domain_name)

@@ -28,7 +28,7 @@ from constructs import Construct
 from stacks.config import ServingConfig, StageConfig
 from stacks.constructs.compliance import acknowledge
 from stacks.constructs.python_function import PythonFunction
-from stacks.constructs.log_retention import retention
+from stacks.constructs.lifecycle import retention
 from stacks.inference_stack import InferenceStack
 from stacks.knowledge_base_stack import KnowledgeBaseStack
 from stacks.search_stack import SearchStack

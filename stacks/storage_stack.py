@@ -14,6 +14,7 @@ from constructs import Construct
 
 from stacks.config import StageConfig
 from stacks.constructs.compliance import acknowledge
+from stacks.constructs.lifecycle import removal_policy
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class StorageStack(cdk.Stack):
     def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, **kwargs) -> None:
         super().__init__(scope, construct_id, **kwargs)
         storage = stage.storage
-        removal = cdk.RemovalPolicy.RETAIN if stage.retain_data else cdk.RemovalPolicy.DESTROY
+        removal = removal_policy(stage)
         self.documents_prefix = storage.documents_prefix
 
         self.key = kms.Key(

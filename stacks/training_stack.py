@@ -40,7 +40,7 @@ from constructs import Construct
 from stacks import serving_contract
 from stacks.config import TRN1_NEURON_CORES, ConfigError, StageConfig
 from stacks.constructs.compliance import acknowledge
-from stacks.constructs.log_retention import retention
+from stacks.constructs.lifecycle import removal_policy, retention
 from stacks.constructs.python_function import PythonFunction
 from stacks.constructs.source_archive import SourceArchive
 from stacks.storage_stack import ARTIFACT_PREFIXES, StorageStack
@@ -148,7 +148,7 @@ class TrainingStack(cdk.Stack):
             model_package_group_name=self.model_package_group_name,
             model_package_group_description=f"Fine-tuned generators of stage {stage.name} (one version per training run)",
         )
-        group.apply_removal_policy(cdk.RemovalPolicy.RETAIN if stage.retain_data else cdk.RemovalPolicy.DESTROY)
+        group.apply_removal_policy(removal_policy(stage))
 
         rules = load_rules()
         spec = json.loads(HYPERPARAMETER_SPEC.read_text())
@@ -176,7 +176,7 @@ class TrainingStack(cdk.Stack):
             "PipelineLogs",
             log_group_name=f"/aws/vendedlogs/states/{stage.stack_prefix}-fine-tuning",
             retention=retention(training.log_retention_days),
-            removal_policy=cdk.RemovalPolicy.RETAIN if stage.retain_data else cdk.RemovalPolicy.DESTROY,
+            removal_policy=removal_policy(stage),
         )
         definition = self._definition(deploy_target if deploy else None, cores)
         hours = training.max_runtime_hours + (training.max_wait_hours if training.use_spot else 0)
