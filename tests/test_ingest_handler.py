@@ -104,3 +104,31 @@ def test_empty_or_missing_records():
 def test_settings_come_from_the_environment():
     env = {"KNOWLEDGE_BASE_ID": "KB12345678", "DATA_SOURCE_ID": "DS12345678", "DOCUMENTS_BUCKET": "docs-bucket", "DOCUMENTS_PREFIX": "documents/"}
     assert ingest.Settings.from_env(env) == SETTINGS
+
+
+class LambdaContext:
+    function_name, memory_limit_in_mb, aws_request_id = "ingest", 256, "req-1"
+    invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:ingest"
+
+
+def test_entry_uses_the_shared_client_and_the_stage_environment(monkeypatch):
+    """main() reads its settings from the environment and calls StartIngestionJob through
+    shared.aws_clients (explicit timeouts, standard retries), the one client factory."""
+    from shared import aws_clients
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    for name, value in {"KNOWLEDGE_BASE_ID": "KB12345678", "DATA_SOURCE_ID": "DS12345678",
+                        "DOCUMENTS_BUCKET": "docs-bucket", "DOCUMENTS_PREFIX": "documents/"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(aws_clients, "_clients", {})
+    monkeypatch.setattr(aws_clients, "_session", None)
+    shared_client = aws_clients.client("bedrock-agent", read_timeout=15.0)
+    assert shared_client.meta.config.read_timeout == 15.0
+    with Stubber(shared_client) as stub:
+        shared_client.stub = stub
+        expect_start(shared_client, "1 change(s): Object Created")
+        result = ingest.main({"Records": [s3_record("m1", "documents/a.md")]}, LambdaContext())
+        stub.assert_no_pending_responses()
+    assert result == {"batchItemFailures": []}

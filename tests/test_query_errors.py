@@ -18,7 +18,6 @@ from tests.test_query_helpers import (  # noqa: F401  (wired is a fixture)
     client_error,
     endpoint_response,
     event,
-    raw_client,
     retrieve_response,
     settings,
     stream,

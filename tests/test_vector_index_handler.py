@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 from botocore.auth import SigV4Auth
@@ -429,3 +429,27 @@ def test_bare_host_endpoint_gets_https_scheme():
     spec = vi.IndexSpec.from_properties(props("search-x.eu-west-1.es.amazonaws.com"), REGION)
     assert spec.endpoint == "https://search-x.eu-west-1.es.amazonaws.com"
     assert spec.dimensions == 1024 and spec.retain_index is False and spec.hybrid_weights == (0.3, 0.7)
+
+
+def test_entry_signs_with_the_function_credentials_and_keeps_time_for_the_provider(monkeypatch):
+    """main() takes credentials from shared.aws_clients and leaves 30 s for the provider framework."""
+    from shared import aws_clients
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setattr(aws_clients, "_session", None)
+    seen = {}
+    monkeypatch.setattr(vi, "handle", lambda event, **kwargs: seen.update(kwargs) or {"PhysicalResourceId": "x"})
+
+    class Context:
+        function_name, memory_limit_in_mb, aws_request_id = "vector-index", 256, "req-1"
+        invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:vector-index"
+
+        def get_remaining_time_in_millis(self):
+            return 600_000
+
+    vi.main({"RequestType": "Create"}, Context())
+    assert seen["credentials"].access_key == "AKIDEXAMPLE"
+    assert seen["region"] == "eu-west-1"
+    assert seen["remaining_s"] == 570.0

@@ -23,6 +23,8 @@ from typing import Any, Optional
 
 from aws_lambda_powertools import Logger
 
+from shared import aws_clients
+
 logger = Logger()
 
 S3_DETAIL_TYPES = ("Object Created", "Object Deleted")
@@ -126,23 +128,7 @@ def process(records: list[dict[str, Any]], client: Any, settings: Settings) -> d
     return {"batchItemFailures": []}
 
 
-_CLIENT = None
-
-
-def _client():
-    global _CLIENT
-    if _CLIENT is None:
-        import boto3
-        from botocore.config import Config
-
-        _CLIENT = boto3.client(
-            "bedrock-agent",
-            config=Config(connect_timeout=5, read_timeout=15, retries={"mode": "standard", "max_attempts": 3}),
-        )
-    return _CLIENT
-
-
 @logger.inject_lambda_context
 def main(event: dict[str, Any], context: Any) -> dict[str, Any]:
     records = event.get("Records") if isinstance(event, dict) else None
-    return process(records or [], _client(), Settings.from_env(dict(os.environ)))
+    return process(records or [], aws_clients.client("bedrock-agent", read_timeout=15.0), Settings.from_env(dict(os.environ)))

@@ -31,6 +31,7 @@ from urllib.parse import quote, urlparse
 
 from aws_lambda_powertools import Logger
 
+from shared import aws_clients
 from shared.opensearch_http import OpenSearchResponse, OpenSearchTimeout, signed_request
 
 logger = Logger()
@@ -440,18 +441,6 @@ def remove(domain: Domain, spec: IndexSpec, physical_id: str) -> dict[str, Any]:
 
 # --- Lambda entry ---
 
-_CREDENTIALS = None
-
-
-def _credentials():
-    global _CREDENTIALS
-    if _CREDENTIALS is None:
-        import boto3
-
-        _CREDENTIALS = boto3.Session().get_credentials()
-    return _CREDENTIALS
-
-
 def handle(event: dict[str, Any], *, credentials: Any, region: str, backoff: Backoff, remaining_s: float) -> dict[str, Any]:
     request = event.get("RequestType")
     if request not in ("Create", "Update", "Delete"):
@@ -470,4 +459,4 @@ def handle(event: dict[str, Any], *, credentials: Any, region: str, backoff: Bac
 def main(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # Keep 30 s for the provider framework to report the result to CloudFormation.
     remaining_s = max(context.get_remaining_time_in_millis() / 1000.0 - 30.0, 10.0)
-    return handle(event, credentials=_credentials(), region=os.environ["AWS_REGION"], backoff=Backoff(), remaining_s=remaining_s)
+    return handle(event, credentials=aws_clients.credentials(), region=os.environ["AWS_REGION"], backoff=Backoff(), remaining_s=remaining_s)
