@@ -9,7 +9,7 @@ import json
 import pytest
 
 from query import aws_backend
-from query.aws_backend import RETRY_ABSENT_S, RETRY_CREATING_S, RETRY_UNKNOWN_S, STATE_ERROR_TTL_S, STATE_TTL_S, EndpointState
+from query.aws_backend import RETRY_ABSENT_S, RETRY_CREATING_S, RETRY_UNKNOWN_S, EndpointState
 from shared.endpoint_codec import CONTENT_TYPE
 from tests.test_query_helpers import (  # noqa: F401  (wired is a fixture)
     ENDPOINT,
@@ -138,12 +138,11 @@ def test_the_state_is_read_once_per_ttl_and_again_at_exactly_the_ttl():
     stubs.control.add_response("describe_endpoint", described(variants=("base",)), describe_params())
     with stubs.control:
         assert generators["finetuned"].status().available
-        clock.now += STATE_TTL_S - 0.001
+        clock.now += 29.999  # the contract's 30 s, written out: a wrong STATE_TTL_S fails here
         assert generators["finetuned"].status().available and generators["base"].status().available  # cached: no call
-        clock.now += 0.001  # exactly the TTL: read again
+        clock.now += 0.001  # exactly 30 s: read again
         assert not generators["finetuned"].status().available
     stubs.verify()
-    assert STATE_TTL_S == 30.0
 
 
 def test_a_failed_reading_is_retried_after_the_error_ttl_and_says_so():
@@ -154,9 +153,9 @@ def test_a_failed_reading_is_retried_after_the_error_ttl_and_says_so():
     with stubs.control:
         status = generators["finetuned"].status()
         assert not status.available and "could not be read (ThrottlingException)" in status.reason and status.retry_after_s == RETRY_UNKNOWN_S
-        clock.now += STATE_ERROR_TTL_S - 0.001
+        clock.now += 4.999
         assert not generators["finetuned"].status().available  # still the cached failure
-        clock.now += 0.001
+        clock.now += 0.001  # exactly 5 s
         assert generators["finetuned"].status().available
     stubs.verify()
 
