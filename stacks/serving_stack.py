@@ -37,11 +37,6 @@ from stacks.inference_stack import InferenceStack
 from stacks.knowledge_base_stack import KnowledgeBaseStack
 from stacks.search_stack import SearchStack
 
-
-def power_parameter(stage_name: str) -> str:
-    """The endpoint's power parameter (Contract 3; equal to lambda/shared/model_record.power_parameter, tested)."""
-    return f"/rag/{stage_name}/serving/endpoint"
-
 API_STAGE_NAME = "v1"
 # API Gateway's default (and, without a quota increase, maximum) REST integration timeout.
 INTEGRATION_TIMEOUT_S = 29
@@ -72,6 +67,11 @@ ACCESS_LOG_FORMAT = {
 def endpoint_name(stage: StageConfig) -> str | None:
     """The stage's endpoint name (Contract 3), whether or not the endpoint exists; None without inference."""
     return f"{stage.stack_prefix.lower()}-generator" if stage.inference.enabled else None
+
+
+def power_parameter(stage_name: str) -> str:
+    """The endpoint's power parameter (Contract 3; equal to lambda/shared/model_record.power_parameter, tested)."""
+    return f"/rag/{stage_name}/serving/endpoint"
 
 
 def query_request_schema(serving: ServingConfig) -> apigw.JsonSchema:

@@ -70,13 +70,19 @@ def test_a_valid_surrogate_pair_is_an_ordinary_character(wired):
     assert status == 200 and body["answer"] == "Yearly 🔑 [1]."
 
 
-def _sent_user_message(capture: dict):
+def _expect_endpoint_call(stubs, answer: str) -> dict:
+    """Queues InvokeEndpoint on the fine-tuned variant; the returned dict receives the user message sent."""
+    sent: dict = {}
+
     class Capture:
         def __eq__(self, other):
-            capture["user"] = json.loads(other.decode("utf-8"))["messages"][-1]["content"]  # must be UTF-8 JSON
+            sent["user"] = json.loads(other.decode("utf-8"))["messages"][-1]["content"]  # must be UTF-8 JSON
             return True
 
-    return Capture()
+    stubs.sagemaker.add_response("invoke_endpoint", endpoint_response(answer), {
+        "EndpointName": ENDPOINT, "TargetVariant": "finetuned", "ContentType": "application/json", "Accept": "application/json",
+        "Body": Capture()})
+    return sent
 
 
 def test_a_lone_surrogate_in_a_retrieved_passage_is_replaced_not_a_500(wired):
@@ -84,10 +90,7 @@ def test_a_lone_surrogate_in_a_retrieved_passage_is_replaced_not_a_500(wired):
     result = retrieve_response("Rotation \ud800 is yearly.")
     result["retrievalResults"][0]["location"]["s3Location"]["uri"] = "s3://docs/\udfff.md"
     stubs.agent.add_response("retrieve", result, None)
-    sent: dict = {}
-    stubs.sagemaker.add_response("invoke_endpoint", endpoint_response("Yearly [1]."), {
-        "EndpointName": ENDPOINT, "TargetVariant": "finetuned", "ContentType": "application/json", "Accept": "application/json",
-        "Body": _sent_user_message(sent)})
+    sent = _expect_endpoint_call(stubs, "Yearly [1].")
     status, body, _ = call({"question": Q})
     assert status == 200, body
     assert "Rotation \ufffd is yearly." in sent["user"] and "s3://docs/\ufffd.md" in sent["user"]
@@ -291,10 +294,7 @@ def test_a_question_the_context_cannot_hold_is_400_and_room_zero_is_not():
 def test_the_endpoint_prompt_fits_its_context_end_to_end(wired):
     stubs = wired(endpoint=described())
     stubs.agent.add_response("retrieve", retrieve_response("日本語の文書です。" * 3000), None)  # ~81k tokens of Japanese
-    sent: dict = {}
-    stubs.sagemaker.add_response("invoke_endpoint", endpoint_response("はい [1]."), {
-        "EndpointName": ENDPOINT, "TargetVariant": "finetuned", "ContentType": "application/json", "Accept": "application/json",
-        "Body": _sent_user_message(sent)})
+    sent = _expect_endpoint_call(stubs, "はい [1].")
     status, body, _ = call({"question": Q})
     assert status == 200, body
     used = budget.estimate_tokens(prompts.RAG_SYSTEM) + budget.estimate_tokens(sent["user"]) + budget.TEMPLATE_OVERHEAD_TOKENS
