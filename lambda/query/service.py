@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Sequence
 
 from shared.api import ApiError
 from shared.endpoint_codec import Generation
@@ -86,8 +86,7 @@ class GeneratorUnavailable(ApiError):
         self.generator_status = status
 
 
-@dataclass(frozen=True)
-class Chosen:
+class Chosen(NamedTuple):
     name: str
     generator: Generator
     status: GeneratorStatus
