@@ -3,6 +3,8 @@
 
 PYTHON ?= python3
 VENV := .venv
+# checkov pins an older boto3 than the project: it gets a venv of its own (tests/checkov_oracle.py).
+CHECKOV_VENV := .venv-checkov
 PY := $(VENV)/bin/python
 CDK := node_modules/.bin/cdk
 STAGE ?= all
@@ -16,7 +18,7 @@ export CDK_DISABLE_VERSION_CHECK = 1
 synth: $(VENV)/.installed node_modules/.installed
 	$(CDK) synth --no-notices --quiet -c stage=$(STAGE)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed node_modules/.installed
@@ -33,6 +35,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
