@@ -13,7 +13,7 @@ STAGE ?= all
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION = 20
 export CDK_DISABLE_VERSION_CHECK = 1
 
-.PHONY: synth test bench diff deploy clean
+.PHONY: synth test bench diff deploy clean mutation
 
 synth: $(VENV)/.installed node_modules/.installed
 	$(CDK) synth --no-notices --quiet -c stage=$(STAGE)
@@ -23,6 +23,16 @@ test: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 
 bench: $(VENV)/.installed node_modules/.installed
 	$(PY) scripts/bench.py
+
+# Mutation testing (slow, not in CI): `make mutation` or `make mutation PATHS="lambda/vector_index"`.
+# Summary in build/mutation/summary.md; see scripts/mutation.py.
+PATHS ?=
+mutation: $(VENV)/.installed $(VENV)/.mutmut
+	$(PY) scripts/mutation.py $(PATHS)
+
+$(VENV)/.mutmut: requirements-mutation.txt $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-mutation.txt
+	touch $@
 
 # Needs AWS credentials for the target account: review, then deploy one stage.
 diff: $(VENV)/.installed node_modules/.installed

@@ -43,7 +43,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from aws_lambda_powertools import Logger
 
@@ -476,10 +476,10 @@ class Domain:
     deadline: float
     calls: list[str] = field(default_factory=list)
 
-    def call(self, method: str, path: str, body: Any = None, *, ok_statuses: tuple[int, ...] = ()) -> OpenSearchResponse:
+    def call(self, method: str, path: str, body: Any = None) -> OpenSearchResponse:
         """Sends until a non-retryable answer (returned, whatever its status) or the deadline (raises).
 
-        Retried: the statuses in RETRYABLE_STATUSES (unless in `ok_statuses`) and every transport
+        Retried: the statuses in RETRYABLE_STATUSES and every transport
         failure (timeout, refused, reset, TLS error, garbage), within max_attempts and the deadline.
         """
         attempt = 0
@@ -495,7 +495,7 @@ class Domain:
                     body=body,
                     timeout_s=self.backoff.request_timeout_s,
                 )
-                if response.status in ok_statuses or response.status not in RETRYABLE_STATUSES:
+                if response.status not in RETRYABLE_STATUSES:
                     return response
                 last = f"HTTP {response.status}: {_short(response.body)}"
             except OpenSearchTransportError as error:
@@ -521,7 +521,7 @@ def _error_type(response: OpenSearchResponse) -> str:
 
 
 def _index_path(index_name: str) -> str:
-    return "/" + quote(index_name, safe="")
+    return f"/{index_name}"  # validated against INDEX_NAME_PATTERN: nothing in it needs escaping
 
 
 def _index_entry(response: OpenSearchResponse) -> Optional[dict[str, Any]]:
@@ -597,13 +597,13 @@ def ensure_access(domain: Domain, spec: IndexSpec) -> None:
     )
     for role, body, iam_role_arn in grants:
         for kind, payload in (("roles", body), ("rolesmapping", {"backend_roles": [iam_role_arn]})):
-            response = domain.call("PUT", f"/_plugins/_security/api/{kind}/{quote(role, safe='')}", payload)
+            response = domain.call("PUT", f"/_plugins/_security/api/{kind}/{role}", payload)
             if not response.ok:
                 raise ResourceError(f"PUT {kind}/{role} failed: HTTP {response.status}: {_short(response.body)}")
 
 
 def ensure_pipeline(domain: Domain, spec: IndexSpec) -> None:
-    response = domain.call("PUT", f"/_search/pipeline/{quote(spec.pipeline_name, safe='')}", pipeline_body(spec))
+    response = domain.call("PUT", f"/_search/pipeline/{spec.pipeline_name}", pipeline_body(spec))
     if not response.ok:
         raise ResourceError(f"PUT search pipeline {spec.pipeline_name} failed: HTTP {response.status}: {_short(response.body)}")
 
@@ -617,16 +617,15 @@ AUDIT_PATCH = [
 ]
 
 
-def ensure_audit_logging(domain: Domain) -> bool:
+def ensure_audit_logging(domain: Domain) -> None:
     """Turns on audit logging in the security plugin; a failure is logged, not fatal (search works without it)."""
     try:
         response = domain.call("PATCH", "/_plugins/_security/api/audit", AUDIT_PATCH)
     except DomainUnavailable as error:
         logger.warning("audit logging not enabled", extra={"error": str(error)})
-        return False
+        return
     if not response.ok:
         logger.warning("audit logging not enabled", extra={"status": response.status, "body": _short(response.body)})
-    return response.ok
 
 
 def converge(domain: Domain, spec: IndexSpec) -> dict[str, Any]:
@@ -642,40 +641,36 @@ def converge(domain: Domain, spec: IndexSpec) -> dict[str, Any]:
     }
 
 
-def remove(domain: Domain, target: DeleteTarget, owner: Optional[str]) -> list[str]:
-    """Deletes the index and its FGAC roles if this resource owns them; returns what it deleted. Never raises."""
+def remove(domain: Domain, target: DeleteTarget, owner: Optional[str]) -> None:
+    """Deletes the index and its FGAC roles if this resource owns them. Never raises."""
     path = _index_path(target.index_name)
     try:
         current = domain.call("GET", path)
     except ResourceError as error:
         logger.warning("index kept: its owner could not be read", extra={"index": target.index_name, "error": str(error)})
-        return []
+        return
     if current.status != 404:
         entry = _index_entry(current)
         if entry is None:
             logger.warning("index kept: its owner could not be read",
                            extra={"index": target.index_name, "status": current.status, "body": _short(current.body)})
-            return []
+            return
         recorded = _owner_in(entry)
         if recorded is not None and recorded != owner:
             logger.info("index kept: another resource owns it", extra={"index": target.index_name, "owner": recorded})
-            return []
-    paths = [f"/_plugins/_security/api/{kind}/{quote(role, safe='')}"
+            return
+    paths = [f"/_plugins/_security/api/{kind}/{role}"
              for role in (f"bedrock-kb-{target.index_name}", f"reader-{target.index_name}")
              for kind in ("rolesmapping", "roles")]
     if current.status != 404:
         paths.append(path)
-    deleted = []
     for each in paths:
         try:
-            response = domain.call("DELETE", each, ok_statuses=(404,))
+            response = domain.call("DELETE", each)  # 404 (already gone) is an answer, not retried
         except ResourceError as error:
             logger.warning("delete skipped", extra={"path": each, "error": str(error)})
             continue
         logger.info("deleted", extra={"path": each, "status": response.status})
-        if response.ok:
-            deleted.append(each)
-    return deleted
 
 
 def delete(event: Mapping[str, Any], *, credentials: Any, region: str, backoff: Backoff, remaining_s: float) -> dict[str, Any]:
