@@ -31,6 +31,7 @@ class Synthesized:
     stages: list  # list[stacks.stage.StageStacks]
     assembly: Any  # aws_cdk.cx_api.CloudAssembly
     lint: Any = field(default=None)  # multiprocessing AsyncResult: cfn-lint findings, started after synth
+    checkov: Any = field(default=None)  # tests.checkov_oracle.CheckovRun: checkov in its own process, started after synth
 
     @property
     def stack_names(self) -> list[str]:
@@ -53,6 +54,7 @@ class Synthesized:
 def synth(tmp_path_factory):
     from app import build_app
     from stacks.config import load_config
+    from tests import checkov_oracle
     from tests.cfn_lint_oracle import lint_template, probe_template
 
     context = {**cdk_json_context(), "stage": "all"}
@@ -62,17 +64,22 @@ def synth(tmp_path_factory):
     # cfn-lint spends ~1 s of schema validation per template: it runs on both cores in the
     # background while the other tests go on, and the lint tests (ordered last) collect it.
     jobs = [(name, json.dumps(result.template(name))) for name in result.stack_names]
+    # checkov (its own venv) runs as one more background process; its tests are ordered last too.
+    result.checkov = checkov_oracle.start({name: result.template(name) for name in result.stack_names},
+                                          tmp_path_factory.mktemp("checkov"))
     with multiprocessing.get_context("fork").Pool(2) as pool:
         result.lint = pool.starmap_async(lint_template, [*jobs, probe_template()])
         yield result
         pool.close()
+    if result.checkov.process is not None and result.checkov.process.poll() is None:
+        result.checkov.process.kill()
 
 
 def pytest_collection_modifyitems(items):
     """Synth-based tests first (to start the background lint early), lint tests last."""
 
     def rank(item) -> int:
-        if item.get_closest_marker("cfn_lint"):
+        if item.get_closest_marker("cfn_lint") or item.get_closest_marker("background_oracle"):
             return 2
         return 0 if "synth" in getattr(item, "fixturenames", ()) else 1
 

@@ -180,7 +180,10 @@ def existing_index(spec_props: dict[str, Any], **vector_overrides) -> dict[str, 
             "category": {"type": "keyword"},
             "x-amz-bedrock-kb-source-uri": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}},
         }},
-        "settings": {"index": {"knn": "true", "number_of_shards": "1", "number_of_replicas": "0"}},
+        # Nested, as GET /<index> renders settings without ?flat_settings.
+        "settings": {"index": {"knn": "true", "number_of_shards": "1", "number_of_replicas": "0",
+                               "search": {"slowlog": {"threshold": {"query": {"warn": "2s", "info": "500ms"}}}},
+                               "indexing": {"slowlog": {"threshold": {"index": {"warn": "10s", "info": "2s"}}}}}},
     }}
 
 
@@ -377,24 +380,34 @@ def test_dropped_connections_are_retried(server):
     assert domain.paths().count("GET /rag-documents") == 2
 
 
-def test_delete_keeps_the_index_when_retained(server):
+@pytest.mark.parametrize("retain", ["true", "True", True, None, "", "yes", 0, ["false"]])
+def test_delete_retains_everything_unless_told_false(server, retain):
+    """Retained (prod) keeps the index AND its FGAC roles: a redeploy over the retained domain can use it.
+    Missing or unreadable RetainIndex retains: data is never deleted by default."""
     domain = server()
-    p = props(server.endpoint, RetainIndex="true")
+    p = props(server.endpoint, RetainIndex=retain)
+    if retain is None:
+        del p["RetainIndex"]
     physical = f"rag-documents@{server.endpoint.split('://')[1]}"
     result = run({"RequestType": "Delete", "ResourceProperties": p, "PhysicalResourceId": physical})
     assert result == {"PhysicalResourceId": physical}
-    assert "DELETE /rag-documents" not in domain.paths()
-    assert "DELETE /_plugins/_security/api/rolesmapping/bedrock-kb-rag-documents" in domain.paths()
-    assert not [p for p in domain.paths() if "pipeline" in p]
+    assert domain.requests == []
 
 
 def test_delete_removes_the_index_when_not_retained_and_tolerates_404(server):
     domain = server()
     domain.on("DELETE", "/_plugins/_security/api/roles/reader-rag-documents", (404, {"status": "NOT_FOUND"}))
+    domain.on("GET", "/rag-documents", (200, existing_index(props(server.endpoint))))
     physical = f"rag-documents@{server.endpoint.split('://')[1]}"
     run({"RequestType": "Delete", "ResourceProperties": props(server.endpoint), "PhysicalResourceId": physical})
-    assert domain.paths()[-1] == "DELETE /rag-documents"
-    assert domain.paths().count("DELETE /_plugins/_security/api/roles/reader-rag-documents") == 1
+    assert domain.paths() == [
+        "GET /rag-documents",
+        "DELETE /_plugins/_security/api/rolesmapping/bedrock-kb-rag-documents",
+        "DELETE /_plugins/_security/api/roles/bedrock-kb-rag-documents",
+        "DELETE /_plugins/_security/api/rolesmapping/reader-rag-documents",
+        "DELETE /_plugins/_security/api/roles/reader-rag-documents",
+        "DELETE /rag-documents",
+    ]
 
 
 def test_delete_after_a_failed_create_touches_nothing(server):
