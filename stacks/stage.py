@@ -57,8 +57,9 @@ def _new_stack(cls: type[StackT], scope: Construct, stage: StageConfig, part: st
         env=environment,
         description=f"RAG on AWS accelerators ({stage.name}): {part}",
         termination_protection=stateful and stage.retain_data,
+        # Stack tags, which CloudFormation applies to every resource that supports tags
+        # (`@aws-cdk/core:explicitStackTags`: Tags.of(stack) would tag the resources only).
+        tags={"project": PROJECT_TAG, "stage": stage.name},
         **kwargs,
     )
-    cdk.Tags.of(stack).add("project", PROJECT_TAG)
-    cdk.Tags.of(stack).add("stage", stage.name)
     return stack

@@ -74,7 +74,11 @@ def test_stage_is_throttled_traced_and_access_logged(serving):
         "ThrottlingBurstLimit": stage.serving.throttle_burst_limit, "ThrottlingRateLimit": stage.serving.throttle_rate_limit,
     }]
     assert props["TracingEnabled"] is True
-    log_group = template["Resources"][props["AccessLogSetting"]["DestinationArn"]["Fn::GetAtt"][0]]
+    # Built from the group's name (`logGroupDestinationArnWithoutWildcard`): the ARN API Gateway stores.
+    (reference,) = [part for part in props["AccessLogSetting"]["DestinationArn"]["Fn::Join"][1] if isinstance(part, dict) and "Ref" in part
+                    and part["Ref"] in template["Resources"]]
+    log_group = template["Resources"][reference["Ref"]]
+    assert log_group["Type"] == "AWS::Logs::LogGroup"
     assert log_group["Properties"]["RetentionInDays"] == stage.serving.log_retention_days
     access_format = json.loads(props["AccessLogSetting"]["Format"])
     assert {"requestId", "userArn", "status", "integrationLatency"} <= set(access_format)
