@@ -28,6 +28,7 @@ from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
 from stacks.config import StageConfig
+from stacks.constructs.alarms import notify
 from stacks.constructs.compliance import acknowledge
 from stacks.constructs.lifecycle import removal_policy, retention
 from stacks.serving_contract import VARIANT_NAME, ServingContract
@@ -255,7 +256,7 @@ class InferenceStack(cdk.Stack):
             datapoints_to_alarm=2,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
-        return errors, latency
+        return notify(errors, stage), notify(latency, stage)
 
     def invoke_statement(self) -> iam.PolicyStatement:
         """sagemaker:InvokeEndpoint on this endpoint only (for the query Lambda's role)."""
