@@ -217,10 +217,16 @@ def test_sample_documents_carry_only_filterable_metadata(synth):
     ("knowledge_base", {"chunking_strategy": "HIERARCHICAL", "hierarchical_parent_max_tokens": 200}, "knowledge_base.hierarchical_parent_max_tokens"),
     ("knowledge_base", {"semantic_breakpoint_percentile": 40}, "knowledge_base.semantic_breakpoint_percentile"),
     ("knowledge_base", {"ingestion_retry_after_s": 30}, "knowledge_base.ingestion_retry_after_s"),
+    ("knowledge_base", {"ingestion_retry_after_s": 901}, "knowledge_base.ingestion_retry_after_s"),
+    ("knowledge_base", {"ingestion_max_attempts": 1}, "knowledge_base.ingestion_max_attempts"),
+    ("knowledge_base", {"ingestion_job_retries": 11}, "knowledge_base.ingestion_job_retries"),
     ("search", {"engine_version": "2.11"}, "search.engine_version"),
     ("search", {"hybrid_vector_weight": 1.0}, "search.hybrid_vector_weight"),
     ("search", {"index_name": "_rag"}, "search.index_name"),
     ("search", {"filterable_fields": ["text"]}, "search.filterable_fields"),
+    ("monitoring", {"alarm_email": "not-an-address"}, "monitoring.alarm_email"),
+    ("monitoring", {"api_latency_p90_ms": 30000}, "monitoring.api_latency_p90_ms"),
+    ("monitoring", {"api_5xx_threshold": 0}, "monitoring.api_5xx_threshold"),
 ])
 def test_bad_search_and_knowledge_base_config_fails_naming_the_key(section, values, key):
     from stacks.config import ConfigError, load_config
