@@ -132,6 +132,7 @@ class ServingStack(cdk.Stack):
 
         generation_arn, generation_grants = bedrock_model_arns(self, serving.bedrock_model_id)
         embedding_arn, _ = bedrock_model_arns(self, stage.knowledge_base.embedding_model_id)
+        knowledge_base = knowledge_base.reference_in(self)  # resolved at deploy from SSM (ops: no export in use)
         self.function_environment = self._environment(stage, search, knowledge_base, inference, generation_arn, use_endpoint)
 
         # --- the function (its role lives in the Search stack: the domain access policy names it) ---

@@ -106,7 +106,12 @@ def test_role_statements_are_least_privilege(serving):
     assert set(statements) == expected
     kb = statements["KnowledgeBaseRetrieve"]
     assert kb["Action"] == ["bedrock:Retrieve", "bedrock:RetrieveAndGenerate"]
-    assert "KnowledgeBaseArn" in kb["Resource"]["Fn::ImportValue"]
+    # Built from the id the deploy reads from the KnowledgeBase stack's SSM parameter: no export.
+    parameter = next(part["Ref"] for part in kb["Resource"]["Fn::Join"][1] if isinstance(part, dict) and "Ref" in part
+                     and part["Ref"].startswith("SsmParameterValue"))
+    assert template["Parameters"][parameter] == {"Type": "AWS::SSM::Parameter::Value<String>",
+                                                 "Default": f"/rag/{stage.name}/knowledge-base/id"}
+    assert ":knowledge-base/" in json.dumps(kb["Resource"])
     models = statements["InvokeModels"]
     assert models["Action"] == "bedrock:InvokeModel"
     arns = sorted(json.dumps(r) for r in models["Resource"])
