@@ -5,13 +5,19 @@ Reads like the request path:
     api         API Gateway REST API (regional), SigV4/IAM authorization on every method,
                 POST /query (validated against a JSON schema model) and GET /health, stage
                 throttling, JSON access logs, X-Ray tracing; validation errors name the field
-    function    the query Lambda (lambda/query): environment built here from the stage's typed
-                config and the other stacks' objects (the one source of its names), timeout below
-                the integration timeout, reserved concurrency from config
+    function    the query Lambda (lambda/query), named `Rag<Stage>-query`: environment built here from
+                the stage's typed config and the other stacks' objects (the one source of its
+                names), timeout below the integration timeout, reserved concurrency from config
     policy      the rest of the function's permissions, on the Search stack's query role (which
                 already holds its read-only es:ESHttpGet/Post on the vector index): Retrieve /
                 RetrieveAndGenerate on this knowledge base, InvokeModel on the embedding and
                 generation models, InvokeEndpoint on this stage's endpoint (generator endpoint)
+    operations  access logs and the function's logs kept where the stage retains data and encrypted
+                with the stage key (they hold questions); alarms on API 5xx and latency and on the
+                function's errors and throttles, all on the stage's alarm topic
+
+The knowledge base id comes from the KnowledgeBase stack's SSM parameter, resolved at this stack's
+deploy, not from an export: replacing the knowledge base never meets an export in use.
 """
 
 from __future__ import annotations
@@ -21,17 +27,20 @@ import re
 
 import aws_cdk as cdk
 from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from stacks.config import ServingConfig, StageConfig
+from stacks.constructs.alarms import ALARM_PERIOD, alarm_name, stage_alarm
 from stacks.constructs.compliance import acknowledge
+from stacks.constructs.lifecycle import removal_policy, retention
 from stacks.constructs.python_function import PythonFunction
-from stacks.constructs.lifecycle import retention
 from stacks.inference_stack import InferenceStack
 from stacks.knowledge_base_stack import KnowledgeBaseStack
 from stacks.search_stack import SearchStack
+from stacks.storage_stack import StorageStack
 
 API_STAGE_NAME = "v1"
 # API Gateway's default (and, without a quota increase, maximum) REST integration timeout.
@@ -58,6 +67,58 @@ ACCESS_LOG_FORMAT = {
     "error": "$context.error.message",
     "xrayTraceId": "$context.xrayTraceId",
 }
+
+
+# --- operations (owned by ops): names the dashboard uses, alarms ---------------------------------
+API_5XX_ALARM = "api-5xx"
+API_LATENCY_ALARM = "api-latency"
+QUERY_ERRORS_ALARM = "query-errors"
+QUERY_THROTTLES_ALARM = "query-throttles"
+
+
+def query_function_name(stage: StageConfig) -> str:
+    """`RagDev-query` (Contract 7): the dashboard and alarms address the function by this name."""
+    return f"{stage.stack_prefix}-query"
+
+
+def api_name(stage: StageConfig) -> str:
+    """`RagDev-query`: the REST API's name, its CloudWatch metrics' ApiName dimension."""
+    return f"{stage.stack_prefix}-query"
+
+
+def api_metric(stage: StageConfig, name: str, statistic: str) -> cloudwatch.Metric:
+    return cloudwatch.Metric(namespace="AWS/ApiGateway", metric_name=name, statistic=statistic, period=ALARM_PERIOD,
+                             dimensions_map={"ApiName": api_name(stage), "Stage": API_STAGE_NAME})
+
+
+def function_metric(stage: StageConfig, name: str, statistic: str) -> cloudwatch.Metric:
+    return cloudwatch.Metric(namespace="AWS/Lambda", metric_name=name, statistic=statistic, period=ALARM_PERIOD,
+                             dimensions_map={"FunctionName": query_function_name(stage)})
+
+
+class ServingAlarms(Construct):
+    """API 5xx and latency, query function errors and throttles. Attributes: `alarms`, `names`."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig) -> None:
+        super().__init__(scope, construct_id)
+        monitoring = stage.monitoring
+        greater = cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
+        specs = [
+            ("Api5xxAlarm", API_5XX_ALARM, api_metric(stage, "5XXError", "Sum"), monitoring.api_5xx_threshold, 1, None,
+             f"The API answered 5xx {monitoring.api_5xx_threshold}+ times in 5 minutes: look up the request ids in the query function's logs."),
+            ("ApiLatencyAlarm", API_LATENCY_ALARM, api_metric(stage, "Latency", "p90"), monitoring.api_latency_p90_ms, 3, 2,
+             f"API p90 latency above {monitoring.api_latency_p90_ms} ms: compare retrieve and generate latency on the dashboard."),
+            ("QueryErrorsAlarm", QUERY_ERRORS_ALARM, function_metric(stage, "Errors", "Sum"), monitoring.query_errors_threshold, 1, None,
+             "The query function crashed or timed out (handled errors are HTTP answers, not Lambda errors): read its logs."),
+            ("QueryThrottlesAlarm", QUERY_THROTTLES_ALARM, function_metric(stage, "Throttles", "Sum"), 1, 1, None,
+             "Lambda throttled the query function (account concurrency or its reserved concurrency): callers got errors."),
+        ]
+        self.alarms = [
+            stage_alarm(self, construct, stage=stage, name=name, description=description, metric=metric, threshold=threshold,
+                        comparison=greater, evaluation_periods=periods, datapoints_to_alarm=datapoints)
+            for construct, name, metric, threshold, periods, datapoints, description in specs
+        ]
+        self.names = [alarm_name(stage, spec[1]) for spec in specs]
 
 
 def bedrock_model_arns(scope: Construct, model_id: str) -> tuple[str, list[str]]:
@@ -108,7 +169,8 @@ class ServingStack(cdk.Stack):
     """API Gateway (IAM auth) -> query Lambda.
 
     Attributes: `api` (RestApi), `function` (PythonFunction), `policy` (the function's model and
-    knowledge base permissions), `function_environment` (the function's environment, as synthesized).
+    knowledge base permissions), `function_environment` (the function's environment, as synthesized),
+    `alarms`, `alarm_names`.
     """
 
     def __init__(
@@ -117,6 +179,7 @@ class ServingStack(cdk.Stack):
         construct_id: str,
         *,
         stage: StageConfig,
+        storage: StorageStack,  # its key encrypts the access and function logs
         search: SearchStack,
         knowledge_base: KnowledgeBaseStack,
         inference: InferenceStack,  # endpoint_name is None when inference is disabled
@@ -145,8 +208,14 @@ class ServingStack(cdk.Stack):
             timeout=cdk.Duration.seconds(serving.lambda_timeout_s),
             memory_size=serving.memory_size_mb,
             log_retention=retention(serving.log_retention_days),
-            reserved_concurrency=serving.reserved_concurrency,
             role=search.query_role,
+            # --- ops: name, concurrency cap, logs ---
+            function_name=query_function_name(stage),
+            # The API stage's throttle bounds the request rate; reserved concurrency (opt-in: new
+            # accounts cannot reserve any) bounds how much of the account's concurrency it may take.
+            reserved_concurrency=serving.reserved_concurrency,
+            log_removal_policy=removal_policy(stage),
+            log_encryption_key=storage.key,  # questions and answers can appear in its logs
         )
 
         # --- the rest of its permissions, specific statements only ---
@@ -180,7 +249,9 @@ class ServingStack(cdk.Stack):
                 "a cross-region inference profile invokes this one foundation model in whichever region it routes to",
             )
 
-        self.api = self._api(stage)
+        self.api = self._api(stage, storage)
+        serving_alarms = ServingAlarms(self, "Alarms", stage=stage)
+        self.alarms, self.alarm_names = serving_alarms.alarms, serving_alarms.names
         cdk.CfnOutput(self, "ApiUrl", value=self.api.url, description="Base URL; POST <url>query, GET <url>health (SigV4, service execute-api)")
         cdk.CfnOutput(self, "FunctionName", value=self.function.function.function_name)
 
@@ -219,15 +290,18 @@ class ServingStack(cdk.Stack):
 
     # --- API -----------------------------------------------------------------------------------
 
-    def _api(self, stage: StageConfig) -> apigw.RestApi:
+    def _api(self, stage: StageConfig, storage: StorageStack) -> apigw.RestApi:
         serving = stage.serving
+        # Who called, when, with what result: kept where the stage retains data (a generated
+        # name, so a retained group never blocks a redeploy), encrypted with the stage key.
         access_logs = logs.LogGroup(
-            self, "AccessLogs", retention=retention(serving.log_retention_days), removal_policy=cdk.RemovalPolicy.DESTROY
+            self, "AccessLogs", retention=retention(serving.log_retention_days), removal_policy=removal_policy(stage),
+            encryption_key=storage.key,
         )
         api = apigw.RestApi(
             self,
             "Api",
-            rest_api_name=f"{stage.stack_prefix}-query",
+            rest_api_name=api_name(stage),
             description=f"RAG query API of the {stage.name} stage (IAM/SigV4 on every method)",
             endpoint_types=[apigw.EndpointType.REGIONAL],
             cloud_watch_role=serving.api_cloudwatch_role,

@@ -43,7 +43,8 @@ def build_stage(scope: Construct, stage: StageConfig) -> StageStacks:
     knowledge_base = _new_stack(KnowledgeBaseStack, scope, stage, "KnowledgeBase", stateful=False, storage=storage, search=search)
     inference = _new_stack(InferenceStack, scope, stage, "Inference", stateful=False, storage=storage)
     training = _new_stack(TrainingStack, scope, stage, "Training", stateful=False, storage=storage, deploy_target=inference)
-    serving = _new_stack(ServingStack, scope, stage, "Serving", stateful=False, search=search, knowledge_base=knowledge_base, inference=inference)
+    serving = _new_stack(ServingStack, scope, stage, "Serving", stateful=False, storage=storage, search=search,
+                         knowledge_base=knowledge_base, inference=inference)
     # Serving reads the knowledge base id from its SSM parameter at deploy: no reference orders them.
     serving.add_stack_dependency(knowledge_base, "Serving resolves the knowledge base id the KnowledgeBase stack publishes")
     return StageStacks(storage=storage, search=search, knowledge_base=knowledge_base, inference=inference, training=training, serving=serving)
