@@ -345,6 +345,10 @@ def test_metric_and_message_names_agree_with_the_stack():
 
     assert stack.DEPLOY_SYNC_SOURCE == ingest.DEPLOY_SOURCE
     assert stack.JOBS_FAILED_METRIC == ingest.JOBS_FAILED and stack.DOCUMENTS_FAILED_METRIC == ingest.DOCUMENTS_FAILED
+    from stacks.monitoring_stack import INGESTION_DOCUMENT_METRICS, INGESTION_JOB_METRICS
+
+    published = {value for name, value in vars(ingest).items() if name.isupper() and isinstance(value, str) and value.startswith("Ingestion")}
+    assert set(INGESTION_JOB_METRICS) | set(INGESTION_DOCUMENT_METRICS) <= published
 
 
 class LambdaContext:
