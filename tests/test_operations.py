@@ -15,6 +15,7 @@ import glob
 import importlib.metadata
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -287,3 +288,10 @@ def test_cdk_json_sets_every_recommended_feature_flag(synth):
     differing = {flag: context[flag] for flag in flags if context[flag] != flags[flag]}
     assert differing == FLAG_DEVIATIONS
 
+
+def test_the_readme_says_what_each_alarm_means_and_what_to_do(synth, templates):
+    operations = (ROOT / "README.md").read_text().split("## Operations", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z0-9-]+)` \|", operations, flags=re.MULTILINE))
+    named = {props["AlarmName"].split("-", 1)[1] for t in templates.values() for r in resources(t, *ALARM_TYPES).values()
+             if "AlarmName" in (props := r["Properties"])}
+    assert named and named <= documented, sorted(named - documented)
