@@ -150,14 +150,12 @@ class StageDashboard(Construct):
         self.dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=dashboard_name(stage),
                                               default_interval=cdk.Duration.hours(3))
         self.dashboard.add_widgets(cloudwatch.TextWidget(markdown=self._header(), width=24, height=2))
-        self.dashboard.add_widgets(
-            cloudwatch.AlarmStatusWidget(
-                title="Alarms (all notify the stage's alarm topic)",
-                alarms=[cloudwatch.Alarm.from_alarm_name(self, f"Alarm{index}", name) for index, name in enumerate(alarm_names)],
-                width=14, height=6,
-            ),
-            cloudwatch.TextWidget(markdown=cost_markdown(stage), width=10, height=6),
-        )
+        overview = [cloudwatch.AlarmStatusWidget(
+            title="Alarms (all notify the stage's alarm topic)",
+            alarms=[cloudwatch.Alarm.from_alarm_name(self, f"Alarm{index}", name) for index, name in enumerate(alarm_names)],
+            width=14, height=6,
+        )] if alarm_names else []  # CloudWatch refuses an alarm status widget without alarms
+        self.dashboard.add_widgets(*overview, cloudwatch.TextWidget(markdown=cost_markdown(stage), width=10, height=6))
         self._queries()
         self._api_and_function()
         if stage.inference.enabled:

@@ -72,9 +72,13 @@ def test_no_subscription_unless_configured_and_one_e_mail_when_it_is(monitoring)
     _, template = monitoring
     assert not [r for r in template["Resources"].values() if r["Type"] == "AWS::SNS::Subscription"]
     stage = StageConfig(name="qa", monitoring=MonitoringConfig(alarm_email="oncall@example.com"))
-    stack = MonitoringStack(cdk.App(), "RagQa-Monitoring", stage=stage, alarm_names=["RagQa-x"])
-    Template.from_stack(stack).has_resource_properties("AWS::SNS::Subscription", {
+    stack = MonitoringStack(cdk.App(), "RagQa-Monitoring", stage=stage)
+    template = Template.from_stack(stack)
+    template.has_resource_properties("AWS::SNS::Subscription", {
         "Protocol": "email", "Endpoint": "oncall@example.com", "TopicArn": {"Ref": Match.string_like_regexp("^AlarmTopic")}})
+    (dashboard,) = template.find_resources("AWS::CloudWatch::Dashboard").values()
+    widgets = json.loads(rendered(dashboard["Properties"]["DashboardBody"]))["widgets"]
+    assert "alarm" not in {widget["type"] for widget in widgets} and len(widgets) > 10  # no status widget without alarms
 
 
 def test_dashboard_lists_every_named_alarm_of_the_stage(synth, dashboard):
