@@ -43,7 +43,7 @@ def opensearch_instance_per_hour(instance_type: str) -> float:
 
 
 def opensearch_storage_per_hour(gib: int) -> float:
-    return float(prices()["opensearch_gp3_gib_month"]) * gib / float(prices()["hours_per_month"])
+    return float(prices()["opensearch_gp3_gib_month"]) * gib / hours_per_month()
 
 
 def bedrock_tokens_cost(model_id: str, input_tokens: int, output_tokens: int) -> float:
@@ -52,6 +52,16 @@ def bedrock_tokens_cost(model_id: str, input_tokens: int, output_tokens: int) ->
     key = model_id if model_id in table else model_id.split(".", 1)[-1]
     rates = _lookup("bedrock_per_1k_tokens", key)
     return (input_tokens * rates["input"] + output_tokens * rates["output"]) / 1000.0
+
+
+def hours_per_month() -> float:
+    """The hours in the average month every monthly figure here assumes (730)."""
+    return float(prices()["hours_per_month"])
+
+
+def region() -> str:
+    """The region the figures are for."""
+    return prices()["region"]
 
 
 def checked() -> str:

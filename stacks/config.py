@@ -108,7 +108,8 @@ class SearchConfig:
     text_field: str = "text"
     metadata_field: str = "metadata"
     # Metadata attributes (from `<doc>.metadata.json`) that queries filter on: mapped as `keyword`.
-    filterable_fields: tuple[str, ...] = ("category",)
+    # `collection` separates the shipped evaluation documents from real ones (Contract 6).
+    filterable_fields: tuple[str, ...] = ("category", "collection")
     search_pipeline_name: str = "rag-hybrid"
     # Hybrid queries: weight of the k-NN sub-query; BM25 gets 1 - this (the pipeline's weights).
     hybrid_vector_weight: float = 0.7
@@ -152,9 +153,14 @@ class KnowledgeBaseConfig:
     semantic_breakpoint_percentile: int = 95  # SEMANTIC: dissimilarity percentile that splits
     semantic_buffer_size: int = 0  # SEMANTIC: sentences around each one compared (0 or 1)
     ingestion_batch_window_s: int = 60
+    # Receives of a failing message before the dead-letter queue. Only real failures count: a
+    # change that meets a running sync is sent back as a new, delayed message (no receive spent).
     ingestion_max_attempts: int = 5
-    # SQS visibility timeout: how long a change waits before retrying after a ConflictException.
+    # Seconds between tries while a sync is running, and between checks of a started job's outcome
+    # (an SQS message delay: at most 900 s).
     ingestion_retry_after_s: int = 300
+    # Times a FAILED ingestion job is started again before the failed-ingestion alarm.
+    ingestion_job_retries: int = 2
 
     def validate(self) -> None:
         _one_of(self, "embedding_model_id", ("amazon.titan-embed-text-v2:0",))
@@ -167,9 +173,11 @@ class KnowledgeBaseConfig:
         _in_range(self, "semantic_breakpoint_percentile", 50, 99)
         _in_range(self, "semantic_buffer_size", 0, 1)
         _in_range(self, "ingestion_batch_window_s", 0, 300)
-        _in_range(self, "ingestion_max_attempts", 1, 100)
-        # The ingest function may run 60 s; SQS needs the visibility timeout to exceed it.
-        _in_range(self, "ingestion_retry_after_s", 120, 43200)
+        # One receive is no retry at all: a transient failure would dead-letter a healthy change.
+        _in_range(self, "ingestion_max_attempts", 3, 100)
+        # The delay of an SQS message (DelaySeconds) is at most 900 s.
+        _in_range(self, "ingestion_retry_after_s", 60, 900)
+        _in_range(self, "ingestion_job_retries", 0, 10)
 
 
 @dataclass(frozen=True)
@@ -336,6 +344,24 @@ class ServingConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """The stage's alarm topic (who it e-mails), the thresholds of the serving alarms, the dashboard."""
+
+    # Subscribed to the stage's alarm topic; AWS e-mails a confirmation link first.
+    alarm_email: Optional[str] = None
+    api_5xx_threshold: int = 5  # API 5xx answers per 5 minutes
+    api_latency_p90_ms: int = 15000  # API p90 latency, two of three 5-minute periods
+    query_errors_threshold: int = 1  # query function errors (crashes, timeouts) per 5 minutes
+
+    def validate(self) -> None:
+        if self.alarm_email is not None:
+            _matches(self, "alarm_email", r"^[^@\s]+@[^@\s]+\.[^@\s]+$", "an e-mail address")
+        _in_range(self, "api_5xx_threshold", 1, 100000)
+        _in_range(self, "api_latency_p90_ms", 100, 29000)  # above API Gateway's 29 s it cannot happen
+        _in_range(self, "query_errors_threshold", 1, 100000)
+
+
+@dataclass(frozen=True)
 class StageConfig:
     """Everything one stage (e.g. dev, prod) deploys. `name` comes from its key under `stages`."""
 
@@ -349,6 +375,7 @@ class StageConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
     @property
     def stack_prefix(self) -> str:

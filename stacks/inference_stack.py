@@ -28,8 +28,9 @@ from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
 from stacks.config import StageConfig
+from stacks.constructs.alarms import notify
 from stacks.constructs.compliance import acknowledge
-from stacks.constructs.lifecycle import removal_policy, retention
+from stacks.constructs.lifecycle import retention
 from stacks.serving_contract import VARIANT_NAME, ServingContract
 from stacks.storage_stack import ARTIFACT_PREFIXES, StorageStack
 
@@ -75,7 +76,10 @@ class InferenceStack(cdk.Stack):
             "EndpointLogs",
             log_group_name=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
             retention=retention(inference.log_retention_days),
-            removal_policy=removal_policy(stage),
+            # SageMaker fixes the name, and this stack has no termination protection: a retained
+            # group would make the redeploy after a destroy fail (AlreadyExists). Container logs
+            # are diagnostics, not access or audit data.
+            removal_policy=cdk.RemovalPolicy.DESTROY,
         )
         self._grant_runtime(self.log_group)
 
@@ -255,7 +259,7 @@ class InferenceStack(cdk.Stack):
             datapoints_to_alarm=2,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
-        return errors, latency
+        return notify(errors, stage), notify(latency, stage)
 
     def invoke_statement(self) -> iam.PolicyStatement:
         """sagemaker:InvokeEndpoint on this endpoint only (for the query Lambda's role)."""

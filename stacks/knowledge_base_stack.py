@@ -7,16 +7,23 @@ destroyed and redeployed; a redeploy syncs the documents again. Reads like the d
                      and field names from the same SearchConfig the custom resource used), Titan
                      Text Embeddings v2 with the configured dimensions, the Search stack's KB role
     data source      the documents bucket prefix, chunking from config
-    Ingestion        S3 Object Created/Deleted -> EventBridge rule -> SQS (batching) -> ingest
-                     Lambda (reserved concurrency 1) -> StartIngestionJob; ConflictException and
-                     throttling send the batch back to the queue; after N receives -> DLQ + alarm
+    Ingestion        S3 Object Created/Deleted -> EventBridge rule (its own DLQ) -> SQS
+                     (batching) -> ingest Lambda (at most 2 at a time, by the event source
+                     mapping's maximum concurrency) -> StartIngestionJob; a running job defers
+                     the batch (a new delayed message, no receive spent); every started job is
+                     checked later (GetIngestionJob) and a failed one retried, then alarmed;
+                     real failures -> N receives -> DLQ + alarm
     first sync       on create, one message into the same queue, so a new stage starts indexed
                      and the first sync gets the same conflict handling and retries as the rest
+    published id     the knowledge base id in an SSM parameter, which the Serving stack resolves
+                     at deploy: replacing the knowledge base (a new index name) never meets an
+                     export in use
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import aws_cdk as cdk
 from aws_cdk import aws_bedrock as bedrock
@@ -27,16 +34,58 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_ssm as ssm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from stacks.config import KnowledgeBaseConfig, StageConfig
+from stacks.constructs.alarms import ALARM_PERIOD, alarm_name, stage_alarm
+from stacks.constructs.lifecycle import removal_policy, retention
 from stacks.constructs.python_function import PythonFunction
-from stacks.constructs.lifecycle import retention
 from stacks.search_stack import TITAN_V2_MODEL_ID, SearchStack
 from stacks.storage_stack import StorageStack
 
 DEPLOY_SYNC_SOURCE = "rag.deploy"  # lambda/ingest/handler.py DEPLOY_SOURCE
+# The ingest function's metrics (lambda/ingest/handler.py publishes them with these names).
+INGESTION_NAMESPACE = "RagIngestion"
+INGEST_SERVICE = "ingest"
+JOBS_FAILED_METRIC = "IngestionJobsFailed"
+DOCUMENTS_FAILED_METRIC = "IngestionDocumentsFailed"
+# Alarm names within the stage (alarms.alarm_name): the dashboard and the README use them too.
+DEAD_LETTERS_ALARM = "ingestion-dead-letters"
+FAILED_JOBS_ALARM = "ingestion-failed-jobs"
+FAILED_DOCUMENTS_ALARM = "ingestion-failed-documents"
+INGEST_TIMEOUT = cdk.Duration.seconds(60)
+# Lambda's guidance for SQS event sources: a visibility timeout of at least six function timeouts.
+VISIBILITY_TIMEOUT = cdk.Duration.seconds(6 * 60)
+# How long deferred syncs wait for a running job, and started jobs are checked, before giving up.
+MAX_WAIT = cdk.Duration.hours(24)
+# The event source mapping's cap (its minimum): one job runs per data source anyway.
+MAX_CONCURRENCY = 2
+
+
+def ingest_function_name(stage: StageConfig) -> str:
+    """`RagDev-ingest`: fixed, so the dashboard addresses it without a cross-stack reference."""
+    return f"{stage.stack_prefix}-ingest"
+
+
+def knowledge_base_id_parameter(stage: StageConfig) -> str:
+    """The SSM parameter holding the stage's knowledge base id (written here, read by Serving)."""
+    return f"/rag/{stage.name}/knowledge-base/id"
+
+
+def ingestion_metric(stage: StageConfig, name: str, *, statistic: str = "Sum") -> cloudwatch.Metric:
+    """One of the ingest function's metrics (EMF, dimensions service and stage)."""
+    return cloudwatch.Metric(namespace=INGESTION_NAMESPACE, metric_name=name, statistic=statistic, period=ALARM_PERIOD,
+                             dimensions_map={"service": INGEST_SERVICE, "stage": stage.name})
+
+
+@dataclass(frozen=True)
+class KnowledgeBaseRef:
+    """The knowledge base as another stack sees it: resolved at that stack's deploy, no export."""
+
+    knowledge_base_id: str
+    knowledge_base_arn: str
 
 
 def replacement_suffix(*values) -> str:
@@ -92,7 +141,11 @@ def chunking_key(kb: KnowledgeBaseConfig) -> tuple:
 
 
 class Ingestion(Construct):
-    """S3 changes under the documents prefix -> one ingestion job per batch, with retries, DLQ and alarm."""
+    """S3 changes under the documents prefix -> one ingestion job per batch, each job checked.
+
+    Attributes: `queue`, `dead_letter_queue` (also the EventBridge target's), `rule`, `handler`,
+    `alarms` (dead letters, failed jobs, failed documents), `first_sync`.
+    """
 
     def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, storage: StorageStack,
                  knowledge_base: bedrock.CfnKnowledgeBase, data_source: bedrock.CfnDataSource) -> None:
@@ -100,19 +153,22 @@ class Ingestion(Construct):
         kb = stage.knowledge_base
         prefix = stage.storage.documents_prefix
         log_retention = retention(stage.search.log_retention_days)
+        removal = removal_policy(stage)  # messages in flight are data: prod keeps the queues
 
         self.dead_letter_queue = sqs.Queue(
             self, "DeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True,
-            retention_period=cdk.Duration.days(14),
+            retention_period=cdk.Duration.days(14), removal_policy=removal,
         )
         self.queue = sqs.Queue(
             self,
             "Changes",
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
-            # A batch that hit ConflictException becomes visible again after this: the retry delay.
-            visibility_timeout=cdk.Duration.seconds(kb.ingestion_retry_after_s),
+            # A failed message comes back after this; a sync that meets a running job is re-sent
+            # with a delay instead, so only real failures spend receives.
+            visibility_timeout=VISIBILITY_TIMEOUT,
             dead_letter_queue=sqs.DeadLetterQueue(queue=self.dead_letter_queue, max_receive_count=kb.ingestion_max_attempts),
+            removal_policy=removal,
         )
         self.rule = events.Rule(
             self,
@@ -123,46 +179,79 @@ class Ingestion(Construct):
                 detail_type=["Object Created", "Object Deleted"],
                 detail={"bucket": {"name": [storage.documents_bucket.bucket_name]}, "object": {"key": [{"prefix": prefix}]}},
             ),
-            targets=[targets.SqsQueue(self.queue)],
+            # Events EventBridge cannot deliver (after its retries) land in the same dead-letter queue.
+            targets=[targets.SqsQueue(self.queue, dead_letter_queue=self.dead_letter_queue,
+                                      retry_attempts=185, max_event_age=cdk.Duration.hours(24))],
         )
         self.handler = PythonFunction(
             self,
             "Handler",
             source="ingest",
-            description="Starts one knowledge base ingestion job per batch of document changes",
-            timeout=cdk.Duration.seconds(30),
+            function_name=ingest_function_name(stage),
+            description="Starts one knowledge base ingestion job per batch of document changes and checks how each job ends",
+            timeout=INGEST_TIMEOUT,
             log_retention=log_retention,
-            reserved_concurrency=1,  # one caller of StartIngestionJob at a time
+            log_removal_policy=removal,
             environment={
                 "KNOWLEDGE_BASE_ID": knowledge_base.attr_knowledge_base_id,
                 "DATA_SOURCE_ID": data_source.attr_data_source_id,
                 "DOCUMENTS_BUCKET": storage.documents_bucket.bucket_name,
                 "DOCUMENTS_PREFIX": prefix,
+                "INGESTION_QUEUE_URL": self.queue.queue_url,
+                "RETRY_AFTER_S": str(kb.ingestion_retry_after_s),
+                "MAX_JOB_RETRIES": str(kb.ingestion_job_retries),
+                "MAX_WAIT_S": str(int(MAX_WAIT.to_seconds())),
+                "STAGE": stage.name,
+                "POWERTOOLS_METRICS_NAMESPACE": INGESTION_NAMESPACE,
             },
         )
         self.handler.function.add_to_role_policy(iam.PolicyStatement(
-            actions=["bedrock:StartIngestionJob"], resources=[knowledge_base.attr_knowledge_base_arn]))
+            actions=["bedrock:StartIngestionJob", "bedrock:GetIngestionJob"], resources=[knowledge_base.attr_knowledge_base_arn]))
+        # Deferred syncs and job checks are the function's own delayed messages.
+        self.queue.grant_send_messages(self.handler.function)
         self.handler.function.add_event_source(event_sources.SqsEventSource(
             self.queue,
             batch_size=10,
             max_batching_window=cdk.Duration.seconds(kb.ingestion_batch_window_s) if kb.ingestion_batch_window_s else None,
+            # No reserved concurrency: it is refused in accounts with the default quota, and
+            # throttled receives would count towards maxReceiveCount.
+            max_concurrency=MAX_CONCURRENCY,
             report_batch_item_failures=True,
         ))
-        self.dead_letter_alarm = cloudwatch.Alarm(
-            self,
-            "DeadLettersAlarm",
-            alarm_description=f"Document changes failed {kb.ingestion_max_attempts} ingestion attempts: see the ingest function's logs",
-            metric=self.dead_letter_queue.metric_approximate_number_of_messages_visible(period=cdk.Duration.minutes(5), statistic="Maximum"),
-            threshold=0,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            evaluation_periods=1,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
+        self.alarms = self._alarms(stage)
+        self.first_sync = self._first_sync(stage, data_source, log_retention, removal)
 
-        # First sync of a new stage (and after the data source is replaced): a message into the same queue.
+    def _alarms(self, stage: StageConfig) -> list[cloudwatch.Alarm]:
+        kb = stage.knowledge_base
+        greater = cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
+        return [
+            stage_alarm(
+                self, "DeadLettersAlarm", stage=stage, name=DEAD_LETTERS_ALARM,
+                description=f"Document changes failed {kb.ingestion_max_attempts} ingestion attempts, or EventBridge could not "
+                            "deliver them: read the ingest function's errors, fix the cause, start a sync by hand, purge the queue.",
+                metric=self.dead_letter_queue.metric_approximate_number_of_messages_visible(period=ALARM_PERIOD, statistic="Maximum"),
+                threshold=1, comparison=greater,
+            ),
+            stage_alarm(
+                self, "FailedJobsAlarm", stage=stage, name=FAILED_JOBS_ALARM,
+                description=f"An ingestion job failed {kb.ingestion_job_retries + 1} time(s), or ran longer than "
+                            f"{int(MAX_WAIT.to_hours())} h: its failure reasons are in the ingest function's logs.",
+                metric=ingestion_metric(stage, JOBS_FAILED_METRIC), threshold=1, comparison=greater,
+            ),
+            stage_alarm(
+                self, "FailedDocumentsAlarm", stage=stage, name=FAILED_DOCUMENTS_ALARM,
+                description="An ingestion job completed but could not index some documents (format, size, metadata): "
+                            "list them with get-ingestion-job / the knowledge base's logs and fix or remove them.",
+                metric=ingestion_metric(stage, DOCUMENTS_FAILED_METRIC), threshold=1, comparison=greater,
+            ),
+        ]
+
+    def _first_sync(self, stage: StageConfig, data_source: bedrock.CfnDataSource, log_retention: logs.RetentionDays,
+                    removal: cdk.RemovalPolicy) -> cr.AwsCustomResource:
+        """First sync of a new stage (and after the data source is replaced): a message into the same queue."""
         sync_role = iam.Role(self, "FirstSyncRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                              description="Sends the first-sync message of a new knowledge base data source")
-        sync_logs = logs.LogGroup(self, "FirstSyncLogs", retention=log_retention, removal_policy=cdk.RemovalPolicy.DESTROY)
+        sync_logs = logs.LogGroup(self, "FirstSyncLogs", retention=log_retention, removal_policy=removal)
         sync_logs.grant_write(sync_role)
         message = cdk.Stack.of(self).to_json_string({
             "source": DEPLOY_SYNC_SOURCE,
@@ -175,7 +264,7 @@ class Ingestion(Construct):
             parameters={"QueueUrl": self.queue.queue_url, "MessageBody": message},
             physical_resource_id=cr.PhysicalResourceId.of(f"first-sync-{stage.name}"),
         )
-        self.first_sync = cr.AwsCustomResource(
+        first_sync = cr.AwsCustomResource(
             self,
             "FirstSync",
             on_create=send,
@@ -188,14 +277,16 @@ class Ingestion(Construct):
             install_latest_aws_sdk=False,
         )
         # The message must find the consumer wired (the event source mapping), not just the queue.
-        self.first_sync.node.add_dependency(self.handler.function)
+        first_sync.node.add_dependency(self.handler.function)
+        return first_sync
 
 
 class KnowledgeBaseStack(cdk.Stack):
     """Bedrock knowledge base on the Search stack's index, its S3 data source and automatic ingestion.
 
     Attributes: `knowledge_base` (CfnKnowledgeBase), `data_source` (CfnDataSource),
-    `knowledge_base_id`, `knowledge_base_arn`, `ingestion` (queue, DLQ, alarm, handler).
+    `knowledge_base_id`, `knowledge_base_arn` (for this stack only: other stacks use
+    `reference_in`), `ingestion` (queues, alarms, handler), `alarm_names`.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, storage: StorageStack,
@@ -259,7 +350,29 @@ class KnowledgeBaseStack(cdk.Stack):
 
         self.ingestion = Ingestion(self, "Ingestion", stage=stage, storage=storage,
                                    knowledge_base=self.knowledge_base, data_source=self.data_source)
+        self.alarm_names = [alarm_name(stage, name) for name in (DEAD_LETTERS_ALARM, FAILED_JOBS_ALARM, FAILED_DOCUMENTS_ALARM)]
+
+        # Other stacks read the id from this parameter at their own deploy (`reference_in`): a
+        # replaced knowledge base (new index name) updates it, and no export in use blocks that.
+        self.id_parameter_name = knowledge_base_id_parameter(stage)
+        ssm.StringParameter(self, "KnowledgeBaseIdParameter", parameter_name=self.id_parameter_name,
+                            string_value=self.knowledge_base_id,
+                            description=f"Id of the {stage.name} stage's knowledge base (resolved by Rag{stage.name.capitalize()}-Serving at deploy)")
+        # MIGRATION: Serving imported these two exports before it read the parameter. They stay
+        # (now imported by no one, so a replacement may change them) until every deployed stage
+        # has run this version once; then delete these two lines.
+        self.export_value(self.knowledge_base.attr_knowledge_base_arn)
+        self.export_value(self.knowledge_base.attr_knowledge_base_id)
 
         cdk.CfnOutput(self, "KnowledgeBaseId", value=self.knowledge_base_id)
         cdk.CfnOutput(self, "DataSourceId", value=self.data_source.attr_data_source_id)
         cdk.CfnOutput(self, "IngestionDeadLetterQueueUrl", value=self.ingestion.dead_letter_queue.queue_url)
+
+    def reference_in(self, consumer: cdk.Stack) -> KnowledgeBaseRef:
+        """The knowledge base id and ARN as `consumer` sees them: its deploy reads the SSM parameter.
+
+        The consumer must deploy after this stack (stage.py orders the stacks).
+        """
+        knowledge_base_id = ssm.StringParameter.value_for_string_parameter(consumer, self.id_parameter_name)
+        arn = consumer.format_arn(service="bedrock", resource="knowledge-base", resource_name=knowledge_base_id)
+        return KnowledgeBaseRef(knowledge_base_id=knowledge_base_id, knowledge_base_arn=arn)

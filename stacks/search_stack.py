@@ -5,11 +5,14 @@ Stateful (prod retains the domain and its logs). Reads like the request path:
     roles       the three IAM roles that talk to the domain, created here so the domain access
                 policy can name them (no `*` principal) without cross-stack cycles:
                 index admin (the custom resource; FGAC master), knowledge base, query (serving)
-    DomainLogs  CloudWatch log groups for slow, application and audit logs + their resource policy
+    DomainLogs  CloudWatch log groups for slow, application and audit logs + their resource policy,
+                encrypted with the stage key (slow logs carry query text)
     domain      OpenSearch, public endpoint (knowledge bases do not support VPC domains) behind IAM
                 and fine-grained access control; HTTPS/TLS 1.2+, node-to-node and at-rest
-                encryption with the project key
+                encryption with the project key; engine upgrades in place (EnableVersionUpgrade)
     VectorIndex custom resource (one provider): k-NN index, FGAC roles + mappings, hybrid pipeline
+    DomainAlarms the recommended alarms (red/yellow status, free storage, JVM pressure, blocked
+                writes, key inaccessible), all on the stage's alarm topic
 
 The domain is the L1 `CfnDomain`: the L2 would add two AWS SDK custom resources (access policy,
 log resource policy) that this stack writes directly, and every property here maps 1:1 to the
@@ -21,13 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_opensearchservice as opensearch
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from stacks.config import KnowledgeBaseConfig, SearchConfig, StageConfig
+from stacks.constructs.alarms import alarm_name, stage_alarm
 from stacks.constructs.compliance import acknowledge
 from stacks.constructs.lifecycle import removal_policy, retention
 from stacks.constructs.python_function import PythonFunction
@@ -79,11 +85,11 @@ class DomainLogs(Construct):
     }
 
     def __init__(self, scope: Construct, construct_id: str, *, domain_name: str, domain_arn: str,
-                 retention: logs.RetentionDays, removal: cdk.RemovalPolicy) -> None:
+                 retention: logs.RetentionDays, removal: cdk.RemovalPolicy, key: kms.IKey) -> None:
         super().__init__(scope, construct_id)
         self.groups = {
             kind: logs.LogGroup(self, suffix.title().replace("-", ""), log_group_name=f"/aws/opensearch/{domain_name}/{suffix}",
-                                retention=retention, removal_policy=removal)
+                                retention=retention, removal_policy=removal, encryption_key=key)
             for kind, suffix in self.KINDS.items()
         }
         stack = cdk.Stack.of(self)
@@ -119,6 +125,7 @@ class VectorIndex(Construct):
         super().__init__(scope, construct_id)
         search, kb = stage.search, stage.knowledge_base
         log_retention = retention(search.log_retention_days)
+        log_removal = removal_policy(stage)  # the record of every index and security change
         self.function = PythonFunction(
             self,
             "Handler",
@@ -126,11 +133,12 @@ class VectorIndex(Construct):
             description="Creates the k-NN index, FGAC roles and hybrid search pipeline on the OpenSearch domain",
             timeout=cdk.Duration.minutes(10),  # retries 403s while IAM and FGAC propagate
             log_retention=log_retention,
+            log_removal_policy=log_removal,
             role=admin_role,
         )
         framework_role = iam.Role(self, "ProviderRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                                   description="Runs the CDK custom resource provider framework for the vector index")
-        framework_logs = logs.LogGroup(self, "ProviderLogs", retention=log_retention, removal_policy=cdk.RemovalPolicy.DESTROY)
+        framework_logs = logs.LogGroup(self, "ProviderLogs", retention=log_retention, removal_policy=log_removal)
         framework_logs.grant_write(framework_role)
         self.provider = cr.Provider(self, "Provider", on_event_handler=self.function.function, framework_on_event_role=framework_role,
                                     log_group=framework_logs)
@@ -175,11 +183,50 @@ def vector_index_properties(search: SearchConfig, kb: KnowledgeBaseConfig, *, en
     }
 
 
+class DomainAlarms(Construct):
+    """The alarms AWS recommends for an OpenSearch Service domain, on the stage's alarm topic.
+
+    Attributes: `alarms`, `names` (their names, plain strings).
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, domain_name: str) -> None:
+        super().__init__(scope, construct_id)
+        account = cdk.Stack.of(self).account
+        greater = cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
+        free_mib = stage.search.volume_size_gib * 1024 // 4  # a quarter of one data node's volume
+
+        def metric(name: str, statistic: str, minutes: int = 1) -> cloudwatch.Metric:
+            return cloudwatch.Metric(namespace="AWS/ES", metric_name=name, statistic=statistic, period=cdk.Duration.minutes(minutes),
+                                     dimensions_map={"DomainName": domain_name, "ClientId": account})
+
+        specs = [
+            ("ClusterRedAlarm", "search-cluster-red", metric("ClusterStatus.red", "Maximum"), 1, greater, 1,
+             "A primary shard is unassigned: searches and ingestion fail. Check node health and free storage; AWS restores red clusters from snapshots."),
+            ("ClusterYellowAlarm", "search-cluster-yellow", metric("ClusterStatus.yellow", "Maximum"), 1, greater, 5,
+             "A replica shard is unassigned for 5 minutes: one more node loss loses data. Check nodes and free storage."),
+            ("FreeStorageAlarm", "search-free-storage", metric("FreeStorageSpace", "Minimum"), free_mib,
+             cloudwatch.ComparisonOperator.LESS_THAN_OR_EQUAL_TO_THRESHOLD, 1,
+             f"A data node has a quarter or less of its {stage.search.volume_size_gib} GiB left: raise search.volume_size_gib before writes are blocked."),
+            ("JvmPressureAlarm", "search-jvm-pressure", metric("JVMMemoryPressure", "Maximum"), 95, greater, 3,
+             "JVM memory pressure at 95% for 3 minutes: out-of-memory errors follow. Use a larger search.data_node_instance_type."),
+            ("WritesBlockedAlarm", "search-writes-blocked", metric("ClusterIndexWritesBlocked", "Maximum", 5), 1, greater, 1,
+             "The domain blocks writes (low storage or memory): ingestion jobs fail until it is fixed."),
+            ("KeyInaccessibleAlarm", "search-key-inaccessible", metric("KMSKeyInaccessible", "Maximum"), 1, greater, 1,
+             "The domain cannot use its KMS key (the stage key): re-enable the key or restore its policy at once."),
+        ]
+        self.alarms = [
+            stage_alarm(self, construct, stage=stage, name=name, description=description, metric=m, threshold=threshold,
+                        comparison=comparison, evaluation_periods=periods)
+            for construct, name, m, threshold, comparison, periods, description in specs
+        ]
+        self.names = [alarm_name(stage, spec[1]) for spec in specs]
+
+
 class SearchStack(cdk.Stack):
     """OpenSearch domain + vector index for the knowledge base and the direct hybrid retriever.
 
     Attributes: `domain` (CfnDomain), `vector_index` (CustomResource), `knowledge_base_role`,
-    `query_role`, `index` (VectorIndexInfo).
+    `query_role`, `index` (VectorIndexInfo), `alarms` and `alarm_names`.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, storage: StorageStack, **kwargs) -> None:
@@ -217,7 +264,7 @@ class SearchStack(cdk.Stack):
 
         # --- logs and the domain ---
         domain_logs = DomainLogs(self, "Logs", domain_name=domain_name, domain_arn=domain_arn,
-                                 retention=retention(search.log_retention_days), removal=removal)
+                                 retention=retention(search.log_retention_days), removal=removal, key=storage.key)
         self.domain = opensearch.CfnDomain(
             self,
             "Domain",
@@ -248,6 +295,9 @@ class SearchStack(cdk.Stack):
             software_update_options=opensearch.CfnDomain.SoftwareUpdateOptionsProperty(auto_software_update_enabled=True),
         )
         self.domain.apply_removal_policy(removal)
+        # A new engine_version upgrades the domain in place; without it CloudFormation would replace
+        # the domain, which fails for a named one (and would lose the index).
+        self.domain.cfn_options.update_policy = cdk.CfnUpdatePolicy(enable_version_upgrade=True)
         self.domain.node.add_dependency(domain_logs.policy)  # OpenSearch checks it can write the logs at create
         self._acknowledge_domain(stage)
 
@@ -268,6 +318,8 @@ class SearchStack(cdk.Stack):
             hybrid_weights=(round(1.0 - search.hybrid_vector_weight, 6), search.hybrid_vector_weight),
             embedding_dimensions=stage.knowledge_base.embedding_dimensions,
         )
+        domain_alarms = DomainAlarms(self, "Alarms", stage=stage, domain_name=domain_name)
+        self.alarms, self.alarm_names = domain_alarms.alarms, domain_alarms.names
         cdk.CfnOutput(self, "DomainEndpoint", value=endpoint_url)
         cdk.CfnOutput(self, "IndexName", value=search.index_name)
 

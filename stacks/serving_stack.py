@@ -5,9 +5,9 @@ Reads like the request path:
     api         API Gateway REST API (regional), SigV4/IAM authorization on every method,
                 POST /query (validated against a JSON schema model) and GET /health, stage
                 throttling, JSON access logs, X-Ray tracing; validation errors name the field
-    function    the query Lambda (lambda/query): environment built here from the stage's typed
-                config and the other stacks' objects (the one source of its names), timeout below
-                the integration timeout, reserved concurrency from config
+    function    the query Lambda (lambda/query), named `Rag<Stage>-query`: environment built here from
+                the stage's typed config and the other stacks' objects (the one source of its
+                names), timeout below the integration timeout, reserved concurrency from config
     policy      the rest of the function's permissions, on the Search stack's query role (which
                 already holds its read-only es:ESHttpGet/Post on the vector index): Retrieve /
                 RetrieveAndGenerate on this knowledge base, InvokeModel on the embedding and
@@ -15,6 +15,13 @@ Reads like the request path:
                 per region: stacks/constructs/bedrock_model.py), and on a stage with inference
                 DescribeEndpoint + InvokeEndpoint on this stage's endpoint and GetParameter on its
                 power parameter (the generators base and finetuned; the endpoint may not exist yet)
+    operations  access logs and the function's logs kept where the stage retains data and encrypted
+                with the stage key (they hold questions); alarms on API 5xx and latency and on the
+                function's errors and throttles, all on the stage's alarm topic
+                (stacks/constructs/serving_alarms.py)
+
+The knowledge base id comes from the KnowledgeBase stack's SSM parameter, resolved at this stack's
+deploy, not from an export: replacing the knowledge base never meets an export in use.
 """
 
 from __future__ import annotations
@@ -31,16 +38,16 @@ from stacks import serving_contract
 from stacks.config import SERVING_GENERATOR_CHOICES, ServingConfig, StageConfig
 from stacks.constructs.bedrock_model import BedrockModel
 from stacks.constructs.compliance import acknowledge
+from stacks.constructs.lifecycle import removal_policy, retention
 from stacks.constructs.python_function import PythonFunction
-from stacks.constructs.lifecycle import retention
+from stacks.constructs.serving_alarms import API_STAGE_NAME, METRICS_NAMESPACE, ServingAlarms, api_name, query_function_name
 from stacks.inference_stack import InferenceStack
 from stacks.knowledge_base_stack import KnowledgeBaseStack
 from stacks.search_stack import SearchStack
+from stacks.storage_stack import StorageStack
 
-API_STAGE_NAME = "v1"
 # API Gateway's default (and, without a quota increase, maximum) REST integration timeout.
 INTEGRATION_TIMEOUT_S = 29
-METRICS_NAMESPACE = "RagServing"
 # The request field `generator` on a deployed stage (Contract 4; `auto` is only a config value).
 REQUEST_GENERATORS = [name for name in SERVING_GENERATOR_CHOICES if name != "auto"]
 
@@ -109,7 +116,7 @@ class ServingStack(cdk.Stack):
     Attributes: `api` (RestApi), `function` (PythonFunction), `policy` (the function's model,
     knowledge base and endpoint permissions), `profile_policies` (grants only a cross-region
     inference profile needs), `generation_model` / `embedding_model` (BedrockModel),
-    `function_environment` (the function's environment, as synthesized).
+    `function_environment` (the function's environment, as synthesized), `alarms`, `alarm_names`.
     """
 
     def __init__(
@@ -118,6 +125,7 @@ class ServingStack(cdk.Stack):
         construct_id: str,
         *,
         stage: StageConfig,
+        storage: StorageStack,  # its key encrypts the access and function logs
         search: SearchStack,
         knowledge_base: KnowledgeBaseStack,
         inference: InferenceStack,  # endpoint_name is None when inference is disabled
@@ -137,6 +145,7 @@ class ServingStack(cdk.Stack):
         self.embedding_model = BedrockModel(
             self, "EmbeddingModel", model_id=stage.knowledge_base.embedding_model_id, config_key=f"stages.{stage.name}.knowledge_base.embedding_model_id"
         )
+        knowledge_base = knowledge_base.reference_in(self)  # resolved at deploy from SSM: no export in use
         self.function_environment = self._environment(stage, search, knowledge_base, self.generation_model.invoke_arn, endpoint)
 
         # --- the function (its role lives in the Search stack: the domain access policy names it) ---
@@ -149,8 +158,13 @@ class ServingStack(cdk.Stack):
             timeout=cdk.Duration.seconds(serving.lambda_timeout_s),
             memory_size=serving.memory_size_mb,
             log_retention=retention(serving.log_retention_days),
-            reserved_concurrency=serving.reserved_concurrency,
             role=search.query_role,
+            function_name=query_function_name(stage),
+            # The API stage's throttle bounds the request rate; reserved concurrency (opt-in: new
+            # accounts cannot reserve any) bounds how much of the account's concurrency it may take.
+            reserved_concurrency=serving.reserved_concurrency,
+            log_removal_policy=removal_policy(stage),
+            log_encryption_key=storage.key,  # questions and answers can appear in its logs
         )
 
         # --- the rest of its permissions, specific statements only ---
@@ -158,7 +172,9 @@ class ServingStack(cdk.Stack):
         self.function.function.node.add_dependency(self.policy)
         self.profile_policies = self._profile_policies(search)
 
-        self.api = self._api(stage)
+        self.api = self._api(stage, storage)
+        serving_alarms = ServingAlarms(self, "Alarms", stage=stage)
+        self.alarms, self.alarm_names = serving_alarms.alarms, serving_alarms.names
         cdk.CfnOutput(self, "ApiUrl", value=self.api.url, description="Base URL; POST <url>query, GET <url>health (SigV4, service execute-api)")
         cdk.CfnOutput(self, "FunctionName", value=self.function.function.function_name)
 
@@ -254,15 +270,18 @@ class ServingStack(cdk.Stack):
 
     # --- API -----------------------------------------------------------------------------------
 
-    def _api(self, stage: StageConfig) -> apigw.RestApi:
+    def _api(self, stage: StageConfig, storage: StorageStack) -> apigw.RestApi:
         serving = stage.serving
+        # Who called, when, with what result: kept where the stage retains data (a generated
+        # name, so a retained group never blocks a redeploy), encrypted with the stage key.
         access_logs = logs.LogGroup(
-            self, "AccessLogs", retention=retention(serving.log_retention_days), removal_policy=cdk.RemovalPolicy.DESTROY
+            self, "AccessLogs", retention=retention(serving.log_retention_days), removal_policy=removal_policy(stage),
+            encryption_key=storage.key,
         )
         api = apigw.RestApi(
             self,
             "Api",
-            rest_api_name=f"{stage.stack_prefix}-query",
+            rest_api_name=api_name(stage),
             description=f"RAG query API of the {stage.name} stage (IAM/SigV4 on every method)",
             endpoint_types=[apigw.EndpointType.REGIONAL],
             cloud_watch_role=serving.api_cloudwatch_role,

@@ -1,7 +1,20 @@
 """One stage = the stacks named `Rag<Stage>-<Part>`, wired together through typed objects.
 
+Deploy order (Contract 1), made explicit: each stack depends on the one before it, so `cdk deploy
+--all` always runs them in this order, also where no reference implies it (the alarm topic and
+the knowledge base id are found by name, not by export):
+
+    Storage, Monitoring, Search, KnowledgeBase, Training, Inference, Serving
+
+Monitoring comes right after Storage so the alarm topic exists before any alarm that notifies it.
+THIS BRANCH: in stages with `training.auto_deploy`, TrainingStack still reads the Inference stack
+(`deploy_target`: the execution role and endpoint name of the pipeline's deploy step), which makes
+Training depend on Inference; there, until that dependency goes (branch `lifecycle`), Inference
+deploys before Training. Everywhere else the order is exactly `DEPLOY_ORDER`.
+
 Stateful stacks (Storage, Search) are separate from the stateless ones so the latter can be
-destroyed and redeployed freely; stages that retain data get termination protection on them.
+destroyed and redeployed; stages that retain data protect the stateful stacks, and Training too:
+its model package group (the registry of every model version) is retained under a fixed name.
 """
 
 from __future__ import annotations
@@ -15,12 +28,14 @@ from constructs import Construct
 from stacks.config import StageConfig
 from stacks.inference_stack import InferenceStack
 from stacks.knowledge_base_stack import KnowledgeBaseStack
+from stacks.monitoring_stack import MonitoringStack
 from stacks.search_stack import SearchStack
 from stacks.serving_stack import ServingStack
 from stacks.storage_stack import StorageStack
 from stacks.training_stack import TrainingStack
 
 PROJECT_TAG = "rag-on-aws-accelerators"
+DEPLOY_ORDER = ("Storage", "Monitoring", "Search", "KnowledgeBase", "Training", "Inference", "Serving")
 StackT = TypeVar("StackT", bound=cdk.Stack)
 
 
@@ -29,36 +44,59 @@ class StageStacks:
     """The stacks of one stage, for tests and for wiring."""
 
     storage: StorageStack
+    monitoring: MonitoringStack = None
     search: SearchStack = None
     knowledge_base: KnowledgeBaseStack = None
     inference: InferenceStack = None  # always built; holds no endpoint when inference.enabled is false
     training: TrainingStack = None
     serving: ServingStack = None
+    # TrainingStack reads the Inference stack (its `deploy_target`) in stages with auto_deploy.
+    training_reads_inference: bool = False
+
+    def in_deploy_order(self) -> list[cdk.Stack]:
+        """The stacks in the order their dependencies make CloudFormation deploy them."""
+        by_part = {stack.stack_name.split("-", 1)[1]: stack for stack in
+                   (self.storage, self.monitoring, self.search, self.knowledge_base, self.training, self.inference, self.serving)}
+        parts = list(DEPLOY_ORDER)
+        if self.training_reads_inference:  # remove with TrainingStack's `deploy_target` (branch lifecycle)
+            parts.remove("Inference")
+            parts.insert(parts.index("Training"), "Inference")
+        return [by_part[part] for part in parts]
 
 
 def build_stage(scope: Construct, stage: StageConfig) -> StageStacks:
-    """Creates every stack of `stage`, in dependency order."""
-    storage = _new_stack(StorageStack, scope, stage, "Storage", stateful=True)
-    search = _new_stack(SearchStack, scope, stage, "Search", stateful=True, storage=storage)
-    knowledge_base = _new_stack(KnowledgeBaseStack, scope, stage, "KnowledgeBase", stateful=False, storage=storage, search=search)
-    inference = _new_stack(InferenceStack, scope, stage, "Inference", stateful=False, storage=storage)
-    training = _new_stack(TrainingStack, scope, stage, "Training", stateful=False, storage=storage, deploy_target=inference)
-    serving = _new_stack(ServingStack, scope, stage, "Serving", stateful=False, search=search, knowledge_base=knowledge_base, inference=inference)
-    return StageStacks(storage=storage, search=search, knowledge_base=knowledge_base, inference=inference, training=training, serving=serving)
+    """Creates every stack of `stage` and chains them in deploy order."""
+    storage = _new_stack(StorageStack, scope, stage, "Storage", protected=True)
+    search = _new_stack(SearchStack, scope, stage, "Search", protected=True, storage=storage)
+    knowledge_base = _new_stack(KnowledgeBaseStack, scope, stage, "KnowledgeBase", protected=False, storage=storage, search=search)
+    inference = _new_stack(InferenceStack, scope, stage, "Inference", protected=False, storage=storage)
+    training = _new_stack(TrainingStack, scope, stage, "Training", protected=True, storage=storage, deploy_target=inference)
+    serving = _new_stack(ServingStack, scope, stage, "Serving", protected=False, storage=storage, search=search,
+                         knowledge_base=knowledge_base, inference=inference)
+    # Built last so its dashboard can list every alarm by name; it deploys second (the chain below).
+    alarm_names = [name for stack in (search, knowledge_base, inference, training, serving) for name in getattr(stack, "alarm_names", ())]
+    monitoring = _new_stack(MonitoringStack, scope, stage, "Monitoring", protected=False, alarm_names=alarm_names)
+    stacks = StageStacks(storage=storage, monitoring=monitoring, search=search, knowledge_base=knowledge_base,
+                         inference=inference, training=training, serving=serving,
+                         training_reads_inference=stage.training.auto_deploy)
+    ordered = stacks.in_deploy_order()
+    for before, after in zip(ordered, ordered[1:]):
+        after.add_stack_dependency(before, "deploy order of the stage (stacks/stage.py)")
+    return stacks
 
 
-def _new_stack(cls: type[StackT], scope: Construct, stage: StageConfig, part: str, *, stateful: bool, **kwargs) -> StackT:
+def _new_stack(cls: type[StackT], scope: Construct, stage: StageConfig, part: str, *, protected: bool, **kwargs) -> StackT:
     """Creates stack `<prefix>-<part>` with the stage's environment, tags and protection."""
     environment = cdk.Environment(account=stage.account, region=stage.region) if stage.account or stage.region else None
-    stack = cls(
+    return cls(
         scope,
         f"{stage.stack_prefix}-{part}",
         stage=stage,
         env=environment,
         description=f"RAG on AWS accelerators ({stage.name}): {part}",
-        termination_protection=stateful and stage.retain_data,
+        termination_protection=protected and stage.retain_data,
+        # Stack tags, which CloudFormation applies to every resource that supports tags
+        # (`@aws-cdk/core:explicitStackTags`: Tags.of(stack) would tag the resources only).
+        tags={"project": PROJECT_TAG, "stage": stage.name},
         **kwargs,
     )
-    cdk.Tags.of(stack).add("project", PROJECT_TAG)
-    cdk.Tags.of(stack).add("stage", stage.name)
-    return stack

@@ -1,4 +1,5 @@
-"""Storage: the S3 buckets every other part reads or writes, and the key that encrypts them.
+"""Storage: the S3 buckets every other part reads or writes, and the key that encrypts them (and
+the stage's log groups that can hold user text).
 
 Stateful: prod retains it (and the data in it) when the stack is deleted; dev destroys it.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
@@ -66,6 +68,7 @@ class StorageStack(cdk.Stack):
             enable_key_rotation=True,
             removal_policy=removal,
         )
+        self._let_cloudwatch_logs_use_key()
         self.access_logs_bucket = self._access_logs_bucket(stage, removal)
         self.documents_bucket = self._data_bucket("Documents", stage, removal, event_bridge=True)
         self.training_bucket = self._data_bucket("TrainingData", stage, removal)
@@ -91,6 +94,19 @@ class StorageStack(cdk.Stack):
         ):
             cdk.CfnOutput(self, name, value=bucket.bucket_name)
         cdk.CfnOutput(self, "DocumentsPrefix", value=storage.documents_prefix)
+
+    def _let_cloudwatch_logs_use_key(self) -> None:
+        """The stage's log groups that can hold user text (API access logs, the query function's
+        logs, the search domain's logs) are encrypted with this key: CloudWatch Logs may use it for
+        log groups of this account and region only (the encryption context names the log group)."""
+        self.key.add_to_resource_policy(iam.PolicyStatement(
+            sid="CloudWatchLogsEncryptsLogGroups",
+            principals=[iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com")],
+            actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+            resources=["*"],
+            conditions={"ArnLike": {"kms:EncryptionContext:aws:logs:arn": self.format_arn(
+                service="logs", resource="log-group", resource_name="*", arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)}},
+        ))
 
     def _export_arn(self, name: str, bucket: s3.Bucket) -> ExportedArn:
         export = f"{self.stack_name}:{name}"

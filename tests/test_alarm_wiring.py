@@ -7,7 +7,7 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk.assertions import Template
 
 from stacks.config import StageConfig
-from stacks.constructs.alarms import alarm_topic_name, notify
+from stacks.constructs.alarms import alarm_name, alarm_topic_name, notify, stage_alarm
 
 
 def test_notify_adds_alarm_and_ok_actions_on_the_stage_topic():
@@ -24,3 +24,17 @@ def test_notify_adds_alarm_and_ok_actions_on_the_stage_topic():
     assert alarms["A"]["Properties"]["OKActions"] == [expected]
     assert alarms["B"]["Properties"]["AlarmActions"] == [expected]
     assert "OKActions" not in alarms["B"]["Properties"]
+
+
+def test_stage_alarm_is_named_in_the_stage_says_where_the_runbook_is_and_notifies():
+    stage = StageConfig(name="qa")
+    stack = cdk.Stack(cdk.App(), "S")
+    stage_alarm(stack, "A", stage=stage, name="thing-broke", description="The thing broke: restart it.",
+                metric=cloudwatch.Metric(namespace="N", metric_name="M"), threshold=1,
+                comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD)
+    (alarm,) = Template.from_stack(stack).find_resources("AWS::CloudWatch::Alarm").values()
+    props = alarm["Properties"]
+    assert props["AlarmName"] == alarm_name(stage, "thing-broke") == "RagQa-thing-broke"
+    assert props["AlarmDescription"] == "The thing broke: restart it. Runbook: README, Operations, thing-broke."
+    assert props["TreatMissingData"] == "notBreaching"
+    assert len(props["AlarmActions"]) == 1 and props["AlarmActions"] == props["OKActions"]

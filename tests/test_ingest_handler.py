@@ -1,32 +1,58 @@
-"""Ingest handler with botocore's Stubber: every request is checked against the bedrock-agent model."""
+"""Ingest handler: botocore's Stubber checks every Bedrock request against the bedrock-agent model;
+SQS sends are recorded (and once checked against the sqs model). Adversarial records (malformed,
+huge, deeply nested, wrong types, duplicates, redeliveries) must never fail the valid ones."""
 
 from __future__ import annotations
 
+import io
 import json
+from collections import Counter
+from contextlib import redirect_stdout
 
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.stub import ANY, Stubber
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from ingest import handler as ingest
 
-SETTINGS = ingest.Settings(knowledge_base_id="KB12345678", data_source_id="DS12345678", bucket="docs-bucket", prefix="documents/")
-JOB = {
-    "ingestionJob": {
-        "knowledgeBaseId": "KB12345678", "dataSourceId": "DS12345678", "ingestionJobId": "JOB1234567",
-        "status": "STARTING", "startedAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z",
-    }
-}
+QUEUE_URL = "https://sqs.eu-west-1.amazonaws.com/123456789012/changes"
+SETTINGS = ingest.Settings(knowledge_base_id="KB12345678", data_source_id="DS12345678", bucket="docs-bucket", prefix="documents/",
+                           queue_url=QUEUE_URL, retry_after_s=300, max_job_retries=2, max_wait_s=3600)
+ENV = {"KNOWLEDGE_BASE_ID": "KB12345678", "DATA_SOURCE_ID": "DS12345678", "DOCUMENTS_BUCKET": "docs-bucket",
+       "DOCUMENTS_PREFIX": "documents/", "INGESTION_QUEUE_URL": QUEUE_URL, "RETRY_AFTER_S": "300", "MAX_JOB_RETRIES": "2",
+       "MAX_WAIT_S": "3600", "STAGE": "qa"}
+IDS = {"knowledgeBaseId": "KB12345678", "dataSourceId": "DS12345678"}
+
+
+def job(job_id: str = "JOB1234567", status: str = "STARTING", **extra) -> dict:
+    return {"ingestionJob": {**IDS, "ingestionJobId": job_id, "status": status,
+                             "startedAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z", **extra}}
+
+
+class FakeSqs:
+    """Records send_message calls; `fail` makes the next sends raise."""
+
+    def __init__(self, fail: bool = False):
+        self.sent: list[dict] = []
+        self.fail = fail
+
+    def send_message(self, **kwargs):
+        if self.fail:
+            raise ClientError({"Error": {"Code": "AWS.SimpleQueueService.NonExistentQueue", "Message": "gone"}}, "SendMessage")
+        self.sent.append({**kwargs, "body": json.loads(kwargs["MessageBody"])})
+        return {"MessageId": f"sent-{len(self.sent)}", "MD5OfMessageBody": "x"}
 
 
 @pytest.fixture
-def client():
-    bedrock = boto3.client("bedrock-agent", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="y",
-                           config=Config(retries={"mode": "standard", "max_attempts": 1}))
-    with Stubber(bedrock) as stub:
-        bedrock.stub = stub
-        yield bedrock
+def bedrock():
+    client = boto3.client("bedrock-agent", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="y",
+                          config=Config(retries={"mode": "standard", "max_attempts": 1}))
+    with Stubber(client) as stub:
+        client.stub = stub
+        yield client
         stub.assert_no_pending_responses()
 
 
@@ -36,74 +62,293 @@ def s3_record(message_id: str, key: str, detail_type: str = "Object Created", bu
     return {"messageId": message_id, "body": json.dumps(body)}
 
 
-def expect_start(client, description: str) -> None:
-    client.stub.add_response("start_ingestion_job", JOB, {
-        "knowledgeBaseId": "KB12345678", "dataSourceId": "DS12345678", "description": description, "clientToken": ANY})
+def own_record(message_id: str, detail_type: str, detail) -> dict:
+    return {"messageId": message_id, "body": json.dumps({"source": ingest.OWN_SOURCE, "detail-type": detail_type, "detail": detail})}
 
 
-def test_one_job_for_a_batch_of_changes(client):
-    expect_start(client, "2 change(s): Object Created, Object Deleted")
+def check_record(message_id: str, job_id: str = "JOB1234567", attempt: int = 0, checks: int = 0) -> dict:
+    return own_record(message_id, ingest.CHECK_JOB, {"ingestionJobId": job_id, "attempt": attempt, "checks": checks})
+
+
+def expect_start(client, description: str, token=ANY, job_id: str = "JOB1234567") -> None:
+    client.stub.add_response("start_ingestion_job", job(job_id), {**IDS, "description": description, "clientToken": token})
+
+
+def expect_get(client, status: str, job_id: str = "JOB1234567", **extra) -> None:
+    client.stub.add_response("get_ingestion_job", job(job_id, status, **extra), {**IDS, "ingestionJobId": job_id})
+
+
+def run(records, bedrock, sqs=None, settings=SETTINGS):
+    tally = Counter()
+    result = ingest.process(records, bedrock=bedrock, sqs=sqs or FakeSqs(), settings=settings, tally=tally)
+    return result, tally
+
+
+# --- syncing document changes ---------------------------------------------------------------------
+
+
+def test_one_job_per_batch_and_its_outcome_is_checked_later(bedrock):
+    expect_start(bedrock, "2 change(s): Object Created, Object Deleted")
+    sqs = FakeSqs()
     records = [s3_record("m1", "documents/a.md"), s3_record("m2", "documents/b.md", "Object Deleted")]
-    assert ingest.process(records, client, SETTINGS) == {"batchItemFailures": []}
+    result, tally = run(records, bedrock, sqs)
+    assert result == {"batchItemFailures": []}
+    assert tally[ingest.JOBS_STARTED] == 1
+    (sent,) = sqs.sent
+    assert sent["DelaySeconds"] == SETTINGS.retry_after_s and sent["QueueUrl"] == QUEUE_URL
+    assert sent["body"] == {"source": "rag.ingest", "detail-type": ingest.CHECK_JOB,
+                            "detail": {"ingestionJobId": "JOB1234567", "attempt": 0, "checks": 0}}
 
 
-@pytest.mark.parametrize("code, status", [("ConflictException", 409), ("ThrottlingException", 429), ("AccessDeniedException", 403)])
-def test_failures_send_every_valid_message_back_to_the_queue(client, code, status):
-    client.stub.add_client_error("start_ingestion_job", service_error_code=code, http_status_code=status)
+@pytest.mark.parametrize("code, status", [("ConflictException", 409), ("ThrottlingException", 429), ("ServiceQuotaExceededException", 402)])
+def test_a_running_job_defers_the_batch_without_spending_a_receive(bedrock, code, status):
+    bedrock.stub.add_client_error("start_ingestion_job", service_error_code=code, http_status_code=status)
+    sqs = FakeSqs()
     records = [s3_record("m1", "documents/a.md"), {"messageId": "bad", "body": "not json"}, s3_record("m3", "documents/c.md")]
-    result = ingest.process(records, client, SETTINGS)
+    result, tally = run(records, bedrock, sqs)
+    assert result == {"batchItemFailures": []}  # acknowledged: one delayed message takes their place
+    (sent,) = sqs.sent
+    assert sent["body"]["detail-type"] == ingest.SYNC_WANTED and sent["body"]["detail"] == {"deferrals": 1, "changes": 2}
+    assert sent["DelaySeconds"] == 300
+    assert tally[ingest.SYNCS_DEFERRED] == 1 and tally[ingest.MESSAGES_DROPPED] == 1
+
+
+def test_a_deferred_sync_runs_when_the_job_is_done(bedrock):
+    expect_start(bedrock, "1 change(s): deferred")
+    result, tally = run([own_record("d1", ingest.SYNC_WANTED, {"deferrals": 3, "changes": 7})], bedrock)
+    assert result == {"batchItemFailures": []} and tally[ingest.JOBS_STARTED] == 1
+
+
+def test_deferrals_stop_after_the_maximum_wait_and_go_to_the_redrive_policy(bedrock):
+    bedrock.stub.add_client_error("start_ingestion_job", service_error_code="ConflictException", http_status_code=409)
+    sqs = FakeSqs()
+    limit = SETTINGS.max_waits  # 3600 / 300 = 12
+    result, _ = run([own_record("d1", ingest.SYNC_WANTED, {"deferrals": limit, "changes": 1})], bedrock, sqs)
+    assert result == {"batchItemFailures": [{"itemIdentifier": "d1"}]} and not sqs.sent
+
+
+def test_a_deferral_that_cannot_be_sent_keeps_the_original_messages(bedrock):
+    bedrock.stub.add_client_error("start_ingestion_job", service_error_code="ConflictException", http_status_code=409)
+    result, tally = run([s3_record("m1", "documents/a.md")], bedrock, FakeSqs(fail=True))
+    assert result == {"batchItemFailures": [{"itemIdentifier": "m1"}]} and not tally[ingest.SYNCS_DEFERRED]
+
+
+@pytest.mark.parametrize("code, status", [("AccessDeniedException", 403), ("ResourceNotFoundException", 404), ("ValidationException", 400)])
+def test_real_failures_send_every_valid_message_back(bedrock, code, status):
+    bedrock.stub.add_client_error("start_ingestion_job", service_error_code=code, http_status_code=status)
+    records = [s3_record("m1", "documents/a.md"), {"messageId": "bad", "body": "{"}, s3_record("m3", "documents/c.md")]
+    result, _ = run(records, bedrock)
     assert result == {"batchItemFailures": [{"itemIdentifier": "m1"}, {"itemIdentifier": "m3"}]}
 
 
-def test_conflict_then_success_on_redelivery(client):
-    client.stub.add_client_error("start_ingestion_job", service_error_code="ConflictException", http_status_code=409)
-    expect_start(client, "1 change(s): Object Created")
-    records = [s3_record("m1", "documents/a.md")]
-    assert ingest.process(records, client, SETTINGS)["batchItemFailures"] == [{"itemIdentifier": "m1"}]
-    assert ingest.process(records, client, SETTINGS)["batchItemFailures"] == []
+def test_a_started_job_whose_check_cannot_be_scheduled_comes_back_and_is_not_started_twice(bedrock):
+    records = [s3_record("m1", "documents/a.md"), s3_record("m2", "documents/b.md")]
+    token = ingest.client_token("sync", "m1", "m2")
+    expect_start(bedrock, "2 change(s): Object Created", token=token)
+    expect_start(bedrock, "2 change(s): Object Created", token=token)  # the redelivery asks with the same token
+    assert run(records, bedrock, FakeSqs(fail=True))[0]["batchItemFailures"] == [{"itemIdentifier": "m1"}, {"itemIdentifier": "m2"}]
+    assert run(list(reversed(records)), bedrock)[0] == {"batchItemFailures": []}
+
+
+def test_client_tokens_follow_the_messages_and_fit_the_api():
+    same = ingest.client_token("sync", "a", "b")
+    assert same == ingest.client_token("sync", "a", "b") != ingest.client_token("sync", "a", "c")
+    assert ingest.client_token("retry", "JOB1234567", "1") != ingest.client_token("retry", "JOB1234567", "2")
+    assert 33 <= len(same) <= 256 and same.replace("-", "").isalnum()
+
+
+def test_timeouts_after_client_retries_come_back_through_the_queue(bedrock, monkeypatch):
+    def unreachable(**_):
+        raise EndpointConnectionError(endpoint_url="https://bedrock-agent.eu-west-1.amazonaws.com")
+
+    monkeypatch.setattr(bedrock, "start_ingestion_job", unreachable)
+    assert run([s3_record("m1", "documents/a.md")], bedrock)[0]["batchItemFailures"] == [{"itemIdentifier": "m1"}]
+
+
+def test_deploy_message_starts_the_first_sync(bedrock):
+    expect_start(bedrock, "1 change(s): deploy")
+    record = {"messageId": "m9", "body": json.dumps({"source": "rag.deploy", "detail-type": "Initial sync"})}
+    assert run([record], bedrock)[0] == {"batchItemFailures": []}
+
+
+# --- checking jobs -------------------------------------------------------------------------------
+
+
+def test_a_running_job_is_checked_again_later(bedrock):
+    expect_get(bedrock, "IN_PROGRESS")
+    sqs = FakeSqs()
+    assert run([check_record("c1", attempt=1, checks=4)], bedrock, sqs)[0] == {"batchItemFailures": []}
+    assert sqs.sent[0]["body"]["detail"] == {"ingestionJobId": "JOB1234567", "attempt": 1, "checks": 5}
+
+
+def test_a_job_running_past_the_maximum_wait_counts_as_failed(bedrock):
+    expect_get(bedrock, "IN_PROGRESS")
+    sqs = FakeSqs()
+    result, tally = run([check_record("c1", checks=SETTINGS.max_waits - 1)], bedrock, sqs)
+    assert result == {"batchItemFailures": []} and not sqs.sent and tally[ingest.JOBS_FAILED] == 1
+
+
+def test_a_complete_job_reports_its_documents(bedrock):
+    statistics = {"numberOfDocumentsScanned": 9, "numberOfNewDocumentsIndexed": 3, "numberOfModifiedDocumentsIndexed": 2,
+                  "numberOfDocumentsDeleted": 1, "numberOfDocumentsFailed": 2}
+    expect_get(bedrock, "COMPLETE", statistics=statistics)
+    result, tally = run([check_record("c1")], bedrock)
+    assert result == {"batchItemFailures": []}
+    assert tally == Counter({ingest.JOBS_COMPLETED: 1, ingest.DOCUMENTS_INDEXED: 5, ingest.DOCUMENTS_DELETED: 1, ingest.DOCUMENTS_FAILED: 2})
+
+
+def test_a_failed_job_is_started_again_with_a_token_of_its_own(bedrock):
+    expect_get(bedrock, "FAILED", failureReasons=["embedding model throttled"])
+    expect_start(bedrock, "retry 1 of ingestion job JOB1234567", token=ingest.client_token("retry", "JOB1234567", "1"), job_id="JOB7654321")
+    sqs = FakeSqs()
+    result, tally = run([check_record("c1", attempt=0)], bedrock, sqs)
+    assert result == {"batchItemFailures": []} and tally[ingest.JOB_RETRIES] == 1
+    assert sqs.sent[0]["body"]["detail"] == {"ingestionJobId": "JOB7654321", "attempt": 1, "checks": 0}
+
+
+def test_a_job_failing_after_its_retries_raises_the_failed_jobs_metric(bedrock):
+    expect_get(bedrock, "FAILED", failureReasons=["access denied to the index"])
+    sqs = FakeSqs()
+    result, tally = run([check_record("c1", attempt=SETTINGS.max_job_retries)], bedrock, sqs)
+    assert result == {"batchItemFailures": []} and tally[ingest.JOBS_FAILED] == 1 and not sqs.sent
+
+
+def test_a_failed_job_covered_by_a_newer_running_job_needs_no_retry(bedrock):
+    expect_get(bedrock, "FAILED")
+    bedrock.stub.add_client_error("start_ingestion_job", service_error_code="ConflictException", http_status_code=409)
+    result, tally = run([check_record("c1")], bedrock)
+    assert result == {"batchItemFailures": []} and not tally[ingest.JOBS_FAILED]
+
+
+def test_a_stopped_job_is_an_operator_decision(bedrock):
+    expect_get(bedrock, "STOPPED")
+    result, tally = run([check_record("c1")], bedrock)
+    assert result == {"batchItemFailures": []} and tally == Counter({ingest.JOBS_STOPPED: 1})
+
+
+def test_a_vanished_job_is_not_checked_again_and_a_throttled_check_is_retried(bedrock):
+    bedrock.stub.add_client_error("get_ingestion_job", service_error_code="ResourceNotFoundException", http_status_code=404)
+    bedrock.stub.add_client_error("get_ingestion_job", service_error_code="ThrottlingException", http_status_code=429)
+    records = [check_record("c1", job_id="JOBAAAAAAA"), check_record("c2", job_id="JOBBBBBBBB")]
+    assert run(records, bedrock)[0] == {"batchItemFailures": [{"itemIdentifier": "c2"}]}
+
+
+def test_duplicate_checks_of_one_job_in_a_batch_read_it_once(bedrock):
+    expect_get(bedrock, "COMPLETE", statistics={})
+    assert run([check_record("c1"), check_record("c2"), check_record("c1")], bedrock)[0] == {"batchItemFailures": []}
+
+
+def test_changes_and_checks_in_one_batch(bedrock):
+    expect_start(bedrock, "1 change(s): Object Created", job_id="JOBNEW0001")
+    expect_get(bedrock, "COMPLETE", job_id="JOBOLD0001", statistics={"numberOfNewDocumentsIndexed": 1})
+    sqs = FakeSqs()
+    result, tally = run([check_record("c1", job_id="JOBOLD0001"), s3_record("m1", "documents/a.md")], bedrock, sqs)
+    assert result == {"batchItemFailures": []}
+    assert tally[ingest.JOBS_STARTED] == 1 and tally[ingest.JOBS_COMPLETED] == 1
+    assert [s["body"]["detail"]["ingestionJobId"] for s in sqs.sent] == ["JOBNEW0001"]
+
+
+# --- adversarial records -------------------------------------------------------------------------
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
 
 
 @pytest.mark.parametrize("record", [
-    {"messageId": "m1", "body": "{not json"},
-    {"messageId": "m1", "body": json.dumps(["a", "list"])},
-    {"messageId": "m1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Restore Completed",
-                                             "detail": {"bucket": {"name": "docs-bucket"}, "object": {"key": "documents/a"}}})},
-    {"messageId": "m1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": {"bucket": {}}})},
-    {"messageId": "m1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": None})},
-    s3_record("m1", "training/a.jsonl"),
-    s3_record("m1", "documents/a.md", bucket="other-bucket"),
+    {"messageId": "x1", "body": "{not json"},
+    {"messageId": "x1", "body": nested(100_000)},  # RecursionError in json.loads
+    {"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": json.loads(nested(500))})},
+    {"messageId": "x1", "body": "x" * 1_000_000},
+    {"messageId": "x1", "body": json.dumps(["a", "list"])},
+    {"messageId": "x1", "body": {"already": "a dict"}},
+    {"messageId": "x1", "body": None},
+    {"messageId": 7, "body": "{}"},
+    {"messageId": "", "body": "{}"},
     {"body": json.dumps({"source": "rag.deploy"})},
+    {"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Restore Completed",
+                                             "detail": {"bucket": {"name": "docs-bucket"}, "object": {"key": "documents/a"}}})},
+    {"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": ["Object Created"], "detail": {}})},
+    {"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": {"bucket": {}}})},
+    {"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": "a string"})},
+    {"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created",
+                                             "detail": {"bucket": {"name": 5}, "object": {"key": None}}})},
+    s3_record("x1", "training/a.jsonl"),
+    s3_record("x1", "documents/a.md", bucket="other-bucket"),
+    own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": "short", "attempt": 0, "checks": 0}),
+    own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": "JOB1234567", "attempt": -1, "checks": 0}),
+    own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": "JOB1234567", "attempt": True, "checks": 0}),
+    own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": "JOB1234567", "attempt": 10**9, "checks": 0}),
+    own_record("x1", ingest.SYNC_WANTED, {"deferrals": "3"}),
+    own_record("x1", ingest.SYNC_WANTED, ["not", "an", "object"]),
+    own_record("x1", "Something else", {}),
     "not even a dict",
+    None,
 ])
-def test_malformed_or_out_of_scope_messages_are_dropped_without_a_job(client, record):
-    # No stubbed response: any StartIngestionJob call would raise in the Stubber.
-    assert ingest.process([record], client, SETTINGS) == {"batchItemFailures": []}
+def test_a_bad_record_is_dropped_and_the_valid_one_beside_it_goes_through(bedrock, record):
+    expect_start(bedrock, "1 change(s): Object Created")
+    result, tally = run([record, s3_record("good", "documents/a.md")], bedrock)
+    assert result == {"batchItemFailures": []}
+    assert tally[ingest.MESSAGES_DROPPED] == 1 and tally[ingest.JOBS_STARTED] == 1
 
 
-def test_deploy_message_starts_the_first_sync(client):
-    expect_start(client, "1 change(s): deploy")
-    record = {"messageId": "m9", "body": json.dumps({"source": "rag.deploy", "detail-type": "Initial sync"})}
-    assert ingest.process([record], client, SETTINGS) == {"batchItemFailures": []}
+class CountingBedrock:
+    """Answers every call; for property tests where the Stubber's fixed script does not fit."""
+
+    def __init__(self):
+        self.starts = 0
+
+    def start_ingestion_job(self, **request):
+        self.starts += 1
+        return job()
+
+    def get_ingestion_job(self, **request):
+        return job(request["ingestionJobId"], "COMPLETE")
 
 
-def test_timeouts_after_client_retries_are_retried_through_the_queue(client, monkeypatch):
-    from botocore.exceptions import ReadTimeoutError
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+bodies = st.one_of(
+    st.text(max_size=50),
+    json_values.map(json.dumps),
+    st.fixed_dictionaries({"source": st.sampled_from(["aws.s3", "rag.deploy", "rag.ingest", "other"]),
+                           "detail-type": st.sampled_from([*ingest.S3_DETAIL_TYPES, ingest.SYNC_WANTED, ingest.CHECK_JOB, "x"]),
+                           "detail": json_values}).map(json.dumps),
+)
+records = st.lists(st.one_of(json_values, st.fixed_dictionaries({"messageId": st.text(min_size=1, max_size=8), "body": bodies})), max_size=8)
 
-    def timeout(**_):
-        raise ReadTimeoutError(endpoint_url="https://bedrock-agent.eu-west-1.amazonaws.com")
 
-    monkeypatch.setattr(client, "start_ingestion_job", timeout)
-    assert ingest.process([s3_record("m1", "documents/a.md")], client, SETTINGS)["batchItemFailures"] == [{"itemIdentifier": "m1"}]
+@hypothesis_settings(max_examples=150, deadline=None)
+@given(batch=records)
+def test_any_batch_is_answered_and_only_its_own_messages_are_retried(batch):
+    bedrock = CountingBedrock()
+    result, _ = run(batch, bedrock)
+    ids = {r["messageId"] for r in batch if isinstance(r, dict) and isinstance(r.get("messageId"), str)}
+    failed = [item["itemIdentifier"] for item in result["batchItemFailures"]]
+    assert set(failed) <= ids and len(failed) == len(set(failed))
+    assert bedrock.starts <= 1  # one job per batch, however many changes it holds
 
 
-def test_empty_or_missing_records():
-    assert ingest.process([], None, SETTINGS) == {"batchItemFailures": []}
-    assert ingest.process(None, None, SETTINGS) == {"batchItemFailures": []}
+# --- the entry point, settings and the stack's names -----------------------------------------------
 
 
 def test_settings_come_from_the_environment():
-    env = {"KNOWLEDGE_BASE_ID": "KB12345678", "DATA_SOURCE_ID": "DS12345678", "DOCUMENTS_BUCKET": "docs-bucket", "DOCUMENTS_PREFIX": "documents/"}
-    assert ingest.Settings.from_env(env) == SETTINGS
+    assert ingest.Settings.from_env(ENV) == SETTINGS
+    assert SETTINGS.max_waits == 12
+
+
+def test_metric_and_message_names_agree_with_the_stack():
+    from stacks import knowledge_base_stack as stack
+
+    assert stack.DEPLOY_SYNC_SOURCE == ingest.DEPLOY_SOURCE
+    assert stack.JOBS_FAILED_METRIC == ingest.JOBS_FAILED and stack.DOCUMENTS_FAILED_METRIC == ingest.DOCUMENTS_FAILED
+    from stacks.monitoring_stack import INGESTION_DOCUMENT_METRICS, INGESTION_JOB_METRICS
+
+    published = {value for name, value in vars(ingest).items() if name.isupper() and isinstance(value, str) and value.startswith("Ingestion")}
+    assert set(INGESTION_JOB_METRICS) | set(INGESTION_DOCUMENT_METRICS) <= published
 
 
 class LambdaContext:
@@ -111,24 +356,32 @@ class LambdaContext:
     invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:ingest"
 
 
-def test_entry_uses_the_shared_client_and_the_stage_environment(monkeypatch):
-    """main() reads its settings from the environment and calls StartIngestionJob through
-    shared.aws_clients (explicit timeouts, standard retries), the one client factory."""
+def test_entry_uses_the_shared_clients_and_publishes_the_metrics(monkeypatch):
+    """main() reads its settings from the environment, calls Bedrock and SQS through
+    shared.aws_clients (explicit timeouts, standard retries; SendMessage checked against the sqs
+    model) and publishes what happened as EMF metrics with the stage's dimensions."""
     from shared import aws_clients
 
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    for name, value in {"KNOWLEDGE_BASE_ID": "KB12345678", "DATA_SOURCE_ID": "DS12345678",
-                        "DOCUMENTS_BUCKET": "docs-bucket", "DOCUMENTS_PREFIX": "documents/"}.items():
+    for name, value in {**ENV, "AWS_DEFAULT_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+                        "POWERTOOLS_METRICS_NAMESPACE": "RagIngestion", "POWERTOOLS_SERVICE_NAME": "ingest"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(aws_clients, "_clients", {})
     monkeypatch.setattr(aws_clients, "_session", None)
-    shared_client = aws_clients.client("bedrock-agent", read_timeout=15.0)
-    assert shared_client.meta.config.read_timeout == 15.0
-    with Stubber(shared_client) as stub:
-        shared_client.stub = stub
-        expect_start(shared_client, "1 change(s): Object Created")
+    monkeypatch.setattr(ingest, "_metrics", None)  # as in a new container: made with the environment set
+    bedrock = aws_clients.client("bedrock-agent", read_timeout=15.0)
+    sqs = aws_clients.client("sqs", read_timeout=5.0)
+    output = io.StringIO()
+    with Stubber(bedrock) as bedrock_stub, Stubber(sqs) as sqs_stub, redirect_stdout(output):
+        bedrock.stub = bedrock_stub
+        expect_start(bedrock, "1 change(s): Object Created")
+        sqs_stub.add_response("send_message", {"MessageId": "m", "MD5OfMessageBody": "x"},
+                              {"QueueUrl": QUEUE_URL, "MessageBody": ANY, "DelaySeconds": 300})
         result = ingest.main({"Records": [s3_record("m1", "documents/a.md")]}, LambdaContext())
-        stub.assert_no_pending_responses()
+        bedrock_stub.assert_no_pending_responses()
+        sqs_stub.assert_no_pending_responses()
     assert result == {"batchItemFailures": []}
+    emf = [json.loads(line) for line in output.getvalue().splitlines() if '"_aws"' in line]
+    (metrics,) = emf
+    directive = metrics["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == "RagIngestion" and sorted(directive["Dimensions"][0]) == ["service", "stage"]
+    assert metrics["service"] == "ingest" and metrics["stage"] == "qa" and metrics[ingest.JOBS_STARTED] == [1.0]

@@ -137,54 +137,96 @@ def test_knowledge_base_and_data_source_names_are_valid(synth, stage, stack, sea
     assert kb_name.startswith(f"rag-{stage}-")
 
 
+def named(template: dict, kind: str, prefix: str) -> tuple[str, dict]:
+    (found,) = [(n, r) for n, r in template["Resources"].items() if r["Type"] == kind and n.startswith(prefix)]
+    return found
+
+
 @pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
-def test_s3_changes_flow_through_eventbridge_and_sqs_to_a_single_ingest_function(synth, stage, stack, search):
+def test_s3_changes_flow_through_eventbridge_and_sqs_to_the_ingest_function(synth, stage, stack, search):
     template = template_of(synth, stack)
     config = synth.config.stages[stage]
     rule = only(template, "AWS::Events::Rule")["Properties"]
     pattern = rule["EventPattern"]
     assert pattern["source"] == ["aws.s3"] and pattern["detail-type"] == ["Object Created", "Object Deleted"]
     assert pattern["detail"]["object"]["key"] == [{"prefix": config.storage.documents_prefix}]
-    queues = {n: r for n, r in template["Resources"].items() if r["Type"] == "AWS::SQS::Queue"}
-    (changes,) = [n for n in queues if n.startswith("IngestionChanges")]
-    (dead,) = [n for n in queues if n.startswith("IngestionDeadLetters")]
-    assert rule["Targets"] == [{"Arn": {"Fn::GetAtt": [changes, "Arn"]}, "Id": "Target0"}]
-    redrive = queues[changes]["Properties"]["RedrivePolicy"]
+    changes, queue = named(template, "AWS::SQS::Queue", "IngestionChanges")
+    dead, dead_queue = named(template, "AWS::SQS::Queue", "IngestionDeadLetters")
+    # What EventBridge cannot deliver lands in the dead-letter queue too (with its alarm).
+    assert rule["Targets"] == [{"Arn": {"Fn::GetAtt": [changes, "Arn"]}, "Id": "Target0",
+                                "DeadLetterConfig": {"Arn": {"Fn::GetAtt": [dead, "Arn"]}},
+                                "RetryPolicy": {"MaximumEventAgeInSeconds": 86400, "MaximumRetryAttempts": 185}}]
+    dlq_policy = next(r["Properties"] for r in template["Resources"].values()
+                      if r["Type"] == "AWS::SQS::QueuePolicy" and r["Properties"]["Queues"] == [{"Ref": dead}])
+    assert any(st.get("Principal") == {"Service": "events.amazonaws.com"} and st["Action"] == "sqs:SendMessage"
+               for st in dlq_policy["PolicyDocument"]["Statement"])
+    redrive = queue["Properties"]["RedrivePolicy"]
     assert redrive == {"deadLetterTargetArn": {"Fn::GetAtt": [dead, "Arn"]}, "maxReceiveCount": config.knowledge_base.ingestion_max_attempts}
-    assert queues[changes]["Properties"]["VisibilityTimeout"] == config.knowledge_base.ingestion_retry_after_s
+    # Messages in flight are data: prod keeps both queues when the stack goes.
+    for resource in (queue, dead_queue):
+        assert resource["DeletionPolicy"] == ("Retain" if config.retain_data else "Delete")
 
-    (function_name,) = [n for n, r in template["Resources"].items()
-                        if r["Type"] == "AWS::Lambda::Function" and r["Properties"].get("Handler") == "ingest.handler.main"]
-    function = template["Resources"][function_name]["Properties"]
-    assert function["ReservedConcurrentExecutions"] == 1
-    assert function["Timeout"] * 4 <= config.knowledge_base.ingestion_retry_after_s
-    env = function["Environment"]["Variables"]
+    function_name, function = named(template, "AWS::Lambda::Function", "IngestionHandlerFunction")
+    props = function["Properties"]
+    assert props["FunctionName"] == f"{config.stack_prefix}-ingest"
+    # No reserved concurrency (refused in new accounts, and its throttles spend receives)...
+    assert "ReservedConcurrentExecutions" not in props
+    # ...and six function timeouts of visibility, as Lambda advises for SQS sources.
+    assert queue["Properties"]["VisibilityTimeout"] >= 6 * props["Timeout"]
+    env = props["Environment"]["Variables"]
     assert env["KNOWLEDGE_BASE_ID"] == {"Fn::GetAtt": ["KnowledgeBase", "KnowledgeBaseId"]}
     assert env["DATA_SOURCE_ID"] == {"Fn::GetAtt": ["Documents", "DataSourceId"]}
     assert env["DOCUMENTS_PREFIX"] == config.storage.documents_prefix
+    assert env["INGESTION_QUEUE_URL"] == {"Ref": changes}
+    assert env["RETRY_AFTER_S"] == str(config.knowledge_base.ingestion_retry_after_s) and int(env["RETRY_AFTER_S"]) <= 900
+    assert env["MAX_JOB_RETRIES"] == str(config.knowledge_base.ingestion_job_retries)
+    assert env["STAGE"] == stage and env["POWERTOOLS_METRICS_NAMESPACE"] == "RagIngestion"
     mapping = only(template, "AWS::Lambda::EventSourceMapping")["Properties"]
     assert mapping["EventSourceArn"] == {"Fn::GetAtt": [changes, "Arn"]} and mapping["FunctionName"] == {"Ref": function_name}
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert mapping["MaximumBatchingWindowInSeconds"] == config.knowledge_base.ingestion_batch_window_s
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": 2}  # the event source mapping's minimum
 
 
 @pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
-def test_ingest_may_start_jobs_on_this_knowledge_base_only(synth, stage, stack, search):
+def test_ingest_may_start_and_read_jobs_of_this_knowledge_base_and_requeue_on_its_queue(synth, stage, stack, search):
     template = template_of(synth, stack)
     statements = [s for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Policy"
                   for s in r["Properties"]["PolicyDocument"]["Statement"]]
-    (start,) = [s for s in statements if s["Action"] == "bedrock:StartIngestionJob"]
-    assert start["Resource"] == {"Fn::GetAtt": ["KnowledgeBase", "KnowledgeBaseArn"]}
+    (jobs,) = [s for s in statements if "bedrock:StartIngestionJob" in s["Action"]]
+    assert sorted(jobs["Action"]) == ["bedrock:GetIngestionJob", "bedrock:StartIngestionJob"]
+    assert jobs["Resource"] == {"Fn::GetAtt": ["KnowledgeBase", "KnowledgeBaseArn"]}
+    changes, _ = named(template, "AWS::SQS::Queue", "IngestionChanges")
+    sends = [s for s in statements if "sqs:SendMessage" in s["Action"] and s["Resource"] == {"Fn::GetAtt": [changes, "Arn"]}]
+    assert len(sends) == 2  # the function (deferrals, checks) and the first-sync custom resource
 
 
 @pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
-def test_dead_letters_raise_an_alarm(synth, stage, stack, search):
+def test_dead_letters_failed_jobs_and_failed_documents_raise_named_alarms(synth, stage, stack, search):
     template = template_of(synth, stack)
-    alarm = only(template, "AWS::CloudWatch::Alarm")["Properties"]
-    (dead,) = [n for n, r in template["Resources"].items() if r["Type"] == "AWS::SQS::Queue" and n.startswith("IngestionDeadLetters")]
-    assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible" and alarm["Namespace"] == "AWS/SQS"
-    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [dead, "QueueName"]}}]
-    assert alarm["ComparisonOperator"] == "GreaterThanThreshold" and alarm["Threshold"] == 0
+    alarms = {r["Properties"]["AlarmName"]: r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    prefix = synth.config.stages[stage].stack_prefix
+    assert set(alarms) == {f"{prefix}-ingestion-dead-letters", f"{prefix}-ingestion-failed-jobs", f"{prefix}-ingestion-failed-documents"}
+    dead, _ = named(template, "AWS::SQS::Queue", "IngestionDeadLetters")
+    dlq = alarms[f"{prefix}-ingestion-dead-letters"]
+    assert dlq["MetricName"] == "ApproximateNumberOfMessagesVisible" and dlq["Namespace"] == "AWS/SQS"
+    assert dlq["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [dead, "QueueName"]}}]
+    assert dlq["ComparisonOperator"] == "GreaterThanOrEqualToThreshold" and dlq["Threshold"] == 1
+    from ingest import handler
+
+    for name, metric in ((f"{prefix}-ingestion-failed-jobs", handler.JOBS_FAILED), (f"{prefix}-ingestion-failed-documents", handler.DOCUMENTS_FAILED)):
+        alarm = alarms[name]
+        assert alarm["Namespace"] == "RagIngestion" and alarm["MetricName"] == metric and alarm["Statistic"] == "Sum"
+        assert alarm["Dimensions"] == [{"Name": "service", "Value": "ingest"}, {"Name": "stage", "Value": stage}]
+        assert alarm["Threshold"] == 1 and alarm["TreatMissingData"] == "notBreaching"
+
+
+@pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
+def test_the_knowledge_base_id_is_published_in_ssm_for_the_serving_stack(synth, stage, stack, search):
+    template = template_of(synth, stack)
+    parameter = only(template, "AWS::SSM::Parameter")["Properties"]
+    assert parameter["Name"] == f"/rag/{stage}/knowledge-base/id"
+    assert parameter["Value"] == {"Fn::GetAtt": ["KnowledgeBase", "KnowledgeBaseId"]} and parameter["Type"] == "String"
 
 
 @pytest.mark.parametrize(("stage", "stack", "search"), STAGES)
@@ -217,10 +259,16 @@ def test_sample_documents_carry_only_filterable_metadata(synth):
     ("knowledge_base", {"chunking_strategy": "HIERARCHICAL", "hierarchical_parent_max_tokens": 200}, "knowledge_base.hierarchical_parent_max_tokens"),
     ("knowledge_base", {"semantic_breakpoint_percentile": 40}, "knowledge_base.semantic_breakpoint_percentile"),
     ("knowledge_base", {"ingestion_retry_after_s": 30}, "knowledge_base.ingestion_retry_after_s"),
+    ("knowledge_base", {"ingestion_retry_after_s": 901}, "knowledge_base.ingestion_retry_after_s"),
+    ("knowledge_base", {"ingestion_max_attempts": 1}, "knowledge_base.ingestion_max_attempts"),
+    ("knowledge_base", {"ingestion_job_retries": 11}, "knowledge_base.ingestion_job_retries"),
     ("search", {"engine_version": "2.11"}, "search.engine_version"),
     ("search", {"hybrid_vector_weight": 1.0}, "search.hybrid_vector_weight"),
     ("search", {"index_name": "_rag"}, "search.index_name"),
     ("search", {"filterable_fields": ["text"]}, "search.filterable_fields"),
+    ("monitoring", {"alarm_email": "not-an-address"}, "monitoring.alarm_email"),
+    ("monitoring", {"api_latency_p90_ms": 30000}, "monitoring.api_latency_p90_ms"),
+    ("monitoring", {"api_5xx_threshold": 0}, "monitoring.api_5xx_threshold"),
 ])
 def test_bad_search_and_knowledge_base_config_fails_naming_the_key(section, values, key):
     from stacks.config import ConfigError, load_config

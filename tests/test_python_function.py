@@ -60,3 +60,17 @@ def test_unknown_source_fails_with_the_folder_named():
     stack = cdk.Stack(cdk.App(), "Bad")
     with pytest.raises(ValueError, match="lambda/nope/handler.py does not exist"):
         PythonFunction(stack, "Fn", source="nope", description="x", timeout=cdk.Duration.seconds(3), log_retention=logs.RetentionDays.ONE_DAY)
+
+
+def test_name_log_removal_and_log_key_are_options():
+    from aws_cdk import aws_kms as kms
+
+    stack = cdk.Stack(cdk.App(), "Options")
+    key = kms.Key(stack, "Key")
+    PythonFunction(stack, "Fn", source=SOURCE, description="x", timeout=cdk.Duration.seconds(3), log_retention=logs.RetentionDays.ONE_DAY,
+                   function_name="RagQa-fn", log_removal_policy=cdk.RemovalPolicy.RETAIN, log_encryption_key=key)
+    template = Template.from_stack(stack)
+    template.has_resource_properties("AWS::Lambda::Function", {"FunctionName": "RagQa-fn"})
+    (group,) = template.find_resources("AWS::Logs::LogGroup").values()
+    assert group["DeletionPolicy"] == "Retain" and "LogGroupName" not in group["Properties"]  # a generated name: never blocks a redeploy
+    assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [next(iter(template.find_resources("AWS::KMS::Key"))), "Arn"]}

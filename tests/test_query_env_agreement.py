@@ -28,6 +28,8 @@ def resolve(value: Any, template: dict) -> Any:
     if isinstance(value, str):
         return value
     if "Ref" in value:
+        if "knowledgebaseid" in value["Ref"]:  # the knowledge base id's SSM parameter, resolved at deploy
+            return "KBIMPORTED"
         return PSEUDO.get(value["Ref"], f"ref{value['Ref']}")
     if "Fn::Join" in value:
         separator, parts = value["Fn::Join"]

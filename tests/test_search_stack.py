@@ -121,6 +121,37 @@ def test_slow_application_and_audit_logs_go_to_cloudwatch(synth, stage, stack):
     assert all(g["Properties"]["RetentionInDays"] == retention for n, g in groups.items() if n.startswith("Logs"))
 
 
+@pytest.mark.parametrize(("stage", "stack"), STAGES)
+def test_a_new_engine_version_upgrades_the_domain_in_place(synth, stage, stack):
+    """Without the update policy CloudFormation replaces the domain, which fails for a named one."""
+    _, domain = only(template_of(synth, stack), "AWS::OpenSearchService::Domain")
+    assert domain["UpdatePolicy"] == {"EnableVersionUpgrade": True}
+    assert domain["Properties"]["DomainName"] == f"rag-{stage}-search"
+
+
+@pytest.mark.parametrize(("stage", "stack"), STAGES)
+def test_the_recommended_domain_alarms_exist_with_thresholds_from_its_sizing(synth, stage, stack):
+    config = synth.config.stages[stage]
+    alarms = {r["Properties"]["AlarmName"].removeprefix(f"{config.stack_prefix}-"): r["Properties"]
+              for r in resources(template_of(synth, stack), "AWS::CloudWatch::Alarm").values()}
+    expected = {  # AWS's recommended OpenSearch alarms: metric, statistic, threshold, periods of 1 or 5 minutes
+        "search-cluster-red": ("ClusterStatus.red", "Maximum", 1, 60, 1),
+        "search-cluster-yellow": ("ClusterStatus.yellow", "Maximum", 1, 60, 5),
+        "search-free-storage": ("FreeStorageSpace", "Minimum", config.search.volume_size_gib * 1024 / 4, 60, 1),
+        "search-jvm-pressure": ("JVMMemoryPressure", "Maximum", 95, 60, 3),
+        "search-writes-blocked": ("ClusterIndexWritesBlocked", "Maximum", 1, 300, 1),
+        "search-key-inaccessible": ("KMSKeyInaccessible", "Maximum", 1, 60, 1),
+    }
+    assert set(alarms) == set(expected)
+    for name, (metric, statistic, threshold, period, periods) in expected.items():
+        alarm = alarms[name]
+        assert (alarm["MetricName"], alarm["Statistic"], alarm["Threshold"], alarm["Period"], alarm["EvaluationPeriods"]) == (
+            metric, statistic, threshold, period, periods), name
+        assert alarm["Namespace"] == "AWS/ES"
+        assert alarm["Dimensions"] == [{"Name": "ClientId", "Value": {"Ref": "AWS::AccountId"}}, {"Name": "DomainName", "Value": f"rag-{stage}-search"}]
+    assert alarms["search-free-storage"]["ComparisonOperator"] == "LessThanOrEqualToThreshold"
+
+
 def test_sizing_dev_one_node_prod_multi_az_with_dedicated_masters(synth):
     dev = only(template_of(synth, "RagDev-Search"), "AWS::OpenSearchService::Domain")[1]["Properties"]["ClusterConfig"]
     assert dev["InstanceCount"] == 1 and dev["DedicatedMasterEnabled"] is False and dev["ZoneAwarenessEnabled"] is False

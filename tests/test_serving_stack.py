@@ -77,7 +77,11 @@ def test_stage_is_throttled_traced_and_access_logged(serving):
         "ThrottlingBurstLimit": stage.serving.throttle_burst_limit, "ThrottlingRateLimit": stage.serving.throttle_rate_limit,
     }]
     assert props["TracingEnabled"] is True
-    log_group = template["Resources"][props["AccessLogSetting"]["DestinationArn"]["Fn::GetAtt"][0]]
+    # Built from the group's name (`logGroupDestinationArnWithoutWildcard`): the ARN API Gateway stores.
+    (reference,) = [part for part in props["AccessLogSetting"]["DestinationArn"]["Fn::Join"][1] if isinstance(part, dict) and "Ref" in part
+                    and part["Ref"] in template["Resources"]]
+    log_group = template["Resources"][reference["Ref"]]
+    assert log_group["Type"] == "AWS::Logs::LogGroup"
     assert log_group["Properties"]["RetentionInDays"] == stage.serving.log_retention_days
     access_format = json.loads(props["AccessLogSetting"]["Format"])
     assert {"requestId", "userArn", "status", "integrationLatency"} <= set(access_format)
@@ -87,6 +91,7 @@ def test_stage_is_throttled_traced_and_access_logged(serving):
 def test_function_settings_come_from_config(serving):
     stage, template = serving
     props = _one(template, "AWS::Lambda::Function")["Properties"]
+    assert props["FunctionName"] == f"{stage.stack_prefix}-query"  # Contract 7
     assert props["Runtime"] == RUNTIME.name and props["Handler"] == "query.handler.main"
     assert props["Timeout"] == stage.serving.lambda_timeout_s < INTEGRATION_TIMEOUT_S
     assert props["MemorySize"] == stage.serving.memory_size_mb
@@ -104,7 +109,12 @@ def test_role_statements_are_least_privilege(serving):
     assert set(statements) == {"KnowledgeBaseRetrieve", "InvokeModels", "InvokeEndpoint", "ReadEndpointPower"}  # both stages have inference
     kb = statements["KnowledgeBaseRetrieve"]
     assert kb["Action"] == ["bedrock:Retrieve", "bedrock:RetrieveAndGenerate"]
-    assert "KnowledgeBaseArn" in kb["Resource"]["Fn::ImportValue"]
+    # Built from the id the deploy reads from the KnowledgeBase stack's SSM parameter: no export.
+    parameter = next(part["Ref"] for part in kb["Resource"]["Fn::Join"][1] if isinstance(part, dict) and "Ref" in part
+                     and part["Ref"].startswith("SsmParameterValue"))
+    assert template["Parameters"][parameter] == {"Type": "AWS::SSM::Parameter::Value<String>",
+                                                 "Default": f"/rag/{stage.name}/knowledge-base/id"}
+    assert ":knowledge-base/" in json.dumps(kb["Resource"])
     models = statements["InvokeModels"]
     assert models["Action"] == "bedrock:InvokeModel" and len(models["Resource"]) == 2
     generation, embedding = (json.dumps(r) for r in models["Resource"])
@@ -152,6 +162,26 @@ def test_query_role_in_search_stack_only_reads_the_index(synth):
     (policy,) = role["Properties"]["Policies"]
     actions = {a for s in policy["PolicyDocument"]["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     assert actions == {"es:ESHttpGet", "es:ESHttpPost"}
+
+
+def test_api_and_function_alarms_watch_the_named_api_and_function(serving):
+    stage, template = serving
+    prefix, monitoring = stage.stack_prefix, stage.monitoring
+    alarms = {r["Properties"]["AlarmName"]: r["Properties"] for r in _resources(template, "AWS::CloudWatch::Alarm").values()}
+    api = [{"Name": "ApiName", "Value": f"{prefix}-query"}, {"Name": "Stage", "Value": "v1"}]
+    function = [{"Name": "FunctionName", "Value": f"{prefix}-query"}]
+    expected = {
+        f"{prefix}-api-5xx": ("AWS/ApiGateway", "5XXError", api, monitoring.api_5xx_threshold),
+        f"{prefix}-api-latency": ("AWS/ApiGateway", "Latency", api, monitoring.api_latency_p90_ms),
+        f"{prefix}-query-errors": ("AWS/Lambda", "Errors", function, monitoring.query_errors_threshold),
+        f"{prefix}-query-throttles": ("AWS/Lambda", "Throttles", function, 1),
+    }
+    assert set(alarms) == set(expected)
+    for name, (namespace, metric, dimensions, threshold) in expected.items():
+        alarm = alarms[name]
+        assert (alarm["Namespace"], alarm["MetricName"], alarm["Dimensions"], alarm["Threshold"]) == (namespace, metric, dimensions, threshold)
+    assert alarms[f"{prefix}-api-latency"]["ExtendedStatistic"] == "p90"
+    assert (alarms[f"{prefix}-api-latency"]["EvaluationPeriods"], alarms[f"{prefix}-api-latency"]["DatapointsToAlarm"]) == (3, 2)
 
 
 def test_outputs_give_the_client_its_url(serving):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from aws_cdk.assertions import Match
 
@@ -84,6 +86,15 @@ def test_documents_bucket_sends_events_to_eventbridge(synth, stack, retained):
 def test_dev_empties_buckets_on_delete_and_prod_does_not(synth, stack, retained):
     auto_delete = synth.assertions(stack).find_resources("Custom::S3AutoDeleteObjects")
     assert len(auto_delete) == (0 if retained else 4)
+
+
+@pytest.mark.parametrize(("stack", "retained"), STAGES)
+def test_the_stage_key_lets_cloudwatch_logs_encrypt_this_accounts_log_groups_only(synth, stack, retained):
+    (key,) = [r for r in synth.template(stack)["Resources"].values() if r["Type"] == "AWS::KMS::Key"]
+    (statement,) = [s for s in key["Properties"]["KeyPolicy"]["Statement"] if s.get("Sid") == "CloudWatchLogsEncryptsLogGroups"]
+    assert statement["Principal"] == {"Service": {"Fn::Join": ["", ["logs.", {"Ref": "AWS::Region"}, ".amazonaws.com"]]}}
+    condition = json.dumps(statement["Condition"]["ArnLike"]["kms:EncryptionContext:aws:logs:arn"])
+    assert condition.endswith(':log-group:*"]]}') and "AWS::AccountId" in condition and "AWS::Region" in condition
 
 
 def test_stacks_are_tagged_and_prod_stateful_stacks_are_protected(synth):

@@ -13,6 +13,7 @@ from typing import Optional
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_ssm as ssm
@@ -35,6 +36,11 @@ def handler_asset_excludes(source: str) -> list[str]:
 class PythonFunction(Construct):
     """A handler from `lambda/<source>/handler.py` (entry `main`) with logging, tracing and Powertools.
 
+    The log group always has a generated name (so a retained group never blocks a redeploy);
+    `log_removal_policy` keeps it when the stack goes, `log_encryption_key` encrypts it (the
+    key's policy must let CloudWatch Logs use it). `function_name` fixes the function's name for
+    dashboards and alarms that address it without a cross-stack reference.
+
     Attributes: `function`, `log_group`, `role`.
     """
 
@@ -51,12 +57,17 @@ class PythonFunction(Construct):
         memory_size: int = 256,
         reserved_concurrency: Optional[int] = None,
         role: Optional[iam.IRole] = None,
+        function_name: Optional[str] = None,
+        log_removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.DESTROY,
+        log_encryption_key: Optional[kms.IKey] = None,
     ) -> None:
         super().__init__(scope, construct_id)
         if not (LAMBDA_ROOT / source / "handler.py").is_file():
             raise ValueError(f"PythonFunction source '{source}': lambda/{source}/handler.py does not exist")
 
-        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=cdk.RemovalPolicy.DESTROY)
+        self.log_group = logs.LogGroup(
+            self, "Logs", retention=log_retention, removal_policy=log_removal_policy, encryption_key=log_encryption_key
+        )
         # An explicit role without the AWSLambdaBasicExecutionRole managed policy: logging is
         # granted on this function's own log group only.
         self.role = role or iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"), description=f"Execution role of {source}")
@@ -75,6 +86,7 @@ class PythonFunction(Construct):
         self.function = lambda_.Function(
             self,
             "Function",
+            function_name=function_name,
             description=description,
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
