@@ -41,8 +41,10 @@ def build_stage(scope: Construct, stage: StageConfig) -> StageStacks:
     storage = _new_stack(StorageStack, scope, stage, "Storage", stateful=True)
     search = _new_stack(SearchStack, scope, stage, "Search", stateful=True, storage=storage)
     knowledge_base = _new_stack(KnowledgeBaseStack, scope, stage, "KnowledgeBase", stateful=False, storage=storage, search=search)
+    # Training first (Contract 1): it creates the serving record that Inference resolves at deploy time.
+    training = _new_stack(TrainingStack, scope, stage, "Training", stateful=False, storage=storage)
     inference = _new_stack(InferenceStack, scope, stage, "Inference", stateful=False, storage=storage)
-    training = _new_stack(TrainingStack, scope, stage, "Training", stateful=False, storage=storage, deploy_target=inference)
+    inference.add_stack_dependency(training, "the serving record's SSM parameters must exist before Inference resolves them")
     serving = _new_stack(ServingStack, scope, stage, "Serving", stateful=False, search=search, knowledge_base=knowledge_base, inference=inference)
     return StageStacks(storage=storage, search=search, knowledge_base=knowledge_base, inference=inference, training=training, serving=serving)
 
