@@ -47,6 +47,9 @@ def test_defaults_fill_what_a_stage_leaves_out():
         ({"dev": {"serving": {"temperature": 1.5}}}, "stages.dev.serving.temperature", "0.0..1.0"),
         ({"dev": {"inference": {"enabled": False}}}, "stages.dev.serving.generator", "'bedrock' when inference.enabled is false"),
         ({"dev": {"account": "12345"}}, "stages.dev.account", "12-digit"),
+        ({"dev": {"training": {"auto_deploy": True}, "inference": {"enabled": False}, "serving": {"generator": "bedrock"}}}, "stages.dev.training.auto_deploy", "no endpoint to deploy to"),
+        ({"dev": {"training": {"use_spot": True, "max_runtime_hours": 24, "max_wait_hours": 47}}}, "stages.dev.training.max_wait_hours", "allowed: 48..672"),
+        ({"dev": {"training": {"use_spot": True, "max_runtime_hours": 400, "max_wait_hours": 672}}}, "stages.dev.training.max_wait_hours", "allowed: 800..672"),
         ({"Dev": {}}, "stages.Dev.name", "lowercase"),
         ({"dev": {"name": "prod"}}, "stages.dev.name", "not settable"),
         ({"dev": "small"}, "stages.dev", "an object"),
@@ -76,3 +79,15 @@ def test_stage_selection():
 
 def test_integers_are_accepted_where_numbers_are_expected():
     assert load({"dev": {"serving": {"temperature": 0}}}).stages["dev"].serving.temperature == 0.0
+
+
+@pytest.mark.parametrize("runtime, wait, ok", [(24, 48, True), (24, 47, False), (1, 2, True), (1, 1, False), (336, 672, True), (337, 672, False)])
+def test_spot_wait_leaves_room_for_one_full_restart_at_the_boundary(runtime, wait, ok):
+    """optimum-neuron 0.4.1 restarts an interrupted run from step 0: max_wait >= 2 x max_runtime, <= 28 days."""
+    stages = {"dev": {"training": {"use_spot": True, "max_runtime_hours": runtime, "max_wait_hours": wait}}}
+    if ok:
+        assert load(stages).stages["dev"].training.max_wait_hours == wait
+    else:
+        with pytest.raises(ConfigError, match="max_wait_hours"):
+            load(stages)
+    load({"dev": {"training": {"use_spot": False, "max_runtime_hours": runtime, "max_wait_hours": 1}}})  # on demand: not used
