@@ -13,6 +13,7 @@ Exit status of every script that uses it:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any, Callable, Optional
@@ -34,12 +35,12 @@ def stack_name(stage: str, part: str) -> str:
 
 
 def make_session(region: Optional[str]):
-    """A boto3 session in `region`, else the one AWS_REGION / AWS_DEFAULT_REGION / the profile names."""
+    """A boto3 session in `region`, else AWS_REGION, else AWS_DEFAULT_REGION / the profile's region."""
     try:
         import boto3
     except ImportError:  # pragma: no cover - boto3 is in requirements-dev.txt
         raise OperatorError("boto3 is not installed: run `make test` once (it creates .venv) and use .venv/bin/python", EXIT_ENVIRONMENT) from None
-    session = boto3.session.Session(region_name=region)
+    session = boto3.session.Session(region_name=region or os.environ.get("AWS_REGION") or None)
     if not session.region_name:
         raise OperatorError("no AWS region: pass --region or set AWS_REGION (the stage's region)", EXIT_ENVIRONMENT)
     return session
@@ -105,8 +106,9 @@ def start_execution(stepfunctions, arn: str, request: dict[str, Any], name: Opti
     return stepfunctions.start_execution(**arguments)["executionArn"]
 
 
-def wait_for_execution(stepfunctions, execution_arn: str, *, poll_seconds: float = 30.0, sleep: Callable[[float], None] = time.sleep, out=sys.stderr) -> tuple[str, Any]:
+def wait_for_execution(stepfunctions, execution_arn: str, *, poll_seconds: float = 30.0, sleep: Callable[[float], None] = time.sleep, out=None) -> tuple[str, Any]:
     """Polls until the execution ends, printing its status as it goes; returns (status, output or cause)."""
+    out = out or sys.stderr
     last = None
     while True:
         described = stepfunctions.describe_execution(executionArn=execution_arn)

@@ -337,9 +337,10 @@ def test_job_names_are_valid_and_prefixed():
     assert all(len(n) <= 63 and n.startswith("ragproduction1234-ft-") for n in names.values())
 
 
-def s3_stub(s3, *, data_keys, model_keys, config=b'{"model_type": "qwen3"}'):
+def s3_stub(s3, *, data_keys, model_keys, config=b'{"model_type": "qwen3"}', skip_data=False):
     stub = Stubber(s3)
-    stub.add_response("list_objects_v2", {"Contents": [{"Key": k, "Size": 10} for k in data_keys], "IsTruncated": False}, {"Bucket": "train-bkt", "Prefix": "datasets/v1/"})
+    if not skip_data:  # a compile-only run has no training data to check
+        stub.add_response("list_objects_v2", {"Contents": [{"Key": k, "Size": 10} for k in data_keys], "IsTruncated": False}, {"Bucket": "train-bkt", "Prefix": "datasets/v1/"})
     stub.add_response("list_objects_v2", {"Contents": [{"Key": "base-models/qwen3-1.7b/" + k} for k in model_keys], "IsTruncated": False}, {"Bucket": "art-bkt", "Prefix": "base-models/qwen3-1.7b/"})
     if "config.json" in model_keys:
         stub.add_response("get_object", {"Body": StreamingBody(io.BytesIO(config), len(config))}, {"Bucket": "art-bkt", "Key": "base-models/qwen3-1.7b/config.json"})

@@ -67,7 +67,7 @@ def handle(event: Mapping[str, Any], ssm) -> dict[str, Any]:
     request = event["RequestType"]
     if request in ("Create", "Update"):
         created = create_missing(ssm, parameters)
-        logger.info("serving record ensured", extra={"created": created, "kept": sorted(set(parameters) - set(created))})
+        logger.info("serving record ensured", extra={"parameters_created": created, "parameters_kept": sorted(set(parameters) - set(created))})
         return {"Created": ",".join(created)}
     if request == "Delete":
         if str(properties.get("RetainOnDelete", "false")).lower() == "true":

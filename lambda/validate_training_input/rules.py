@@ -28,7 +28,8 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 S3_PREFIX_PATTERN = re.compile(r"^([a-z0-9][a-z0-9\-_.]*/)+$")
-NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker job/model names
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker job/model names (the pattern lets hyphens run past 63)
+MAX_NAME_LENGTH = 63
 ALLOWED_KEYS = ("training_data_prefix", "base_model_prefix", "hyperparameters", "description", "compile_only")
 COMPILE_ONLY_KEYS = ("compile_only", "base_model_prefix", "description")
 NO_DATA = "none"  # training_data_uri of a compile-only run (registry metadata values cannot be empty)
@@ -163,7 +164,7 @@ def job_names(job_prefix: str, *, now: datetime | None = None, token: str | None
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
     base = f"{job_prefix}-{stamp}-{token or secrets.token_hex(3)}"
     names = {"job_name": base, "compile_job_name": f"{base}-inf2", "model_name": base, "endpoint_config_name": base}
-    bad = [name for name in names.values() if not NAME_PATTERN.match(name)]
+    bad = [name for name in names.values() if not NAME_PATTERN.match(name) or len(name) > MAX_NAME_LENGTH]
     if bad:
         raise ValueError(f"job prefix {job_prefix!r} gives invalid SageMaker names: {bad}")
     return names
