@@ -1,9 +1,10 @@
-"""The serving contract: how the fine-tuned model runs on Inferentia2, written down once.
+"""The serving contract: how the base and fine-tuned models run on Inferentia2, written down once.
 
 Who uses it:
-- `InferenceStack` builds its `AWS::SageMaker::Model` from `ServingContract.container_definition`.
-- The training pipeline's CreateModel step (Step Functions) uses the same dict, so a newly trained
-  model is deployed with exactly the image, environment and layout the stack uses.
+- `GeneratorEndpoint` (Inference stack) builds one `AWS::SageMaker::Model` per served role from
+  `ServingContract.model_definition`, and one production variant per role (`VARIANT_NAMES`).
+- The model pipeline registers each version with the same container definition, so the registry
+  describes exactly the image, environment and layout the endpoint runs.
 - The training job compiles the model with `neuron_export_arguments` (batch size, sequence length
   and tensor parallel size must equal what the container is started with, or it refuses to load).
 - The serving stack gives the query Lambda `lambda_environment(...)`; the Lambda speaks the body

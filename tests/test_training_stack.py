@@ -437,3 +437,27 @@ def test_start_script_refuses_an_invalid_request_before_starting(capsys):
     status = start_training.main(["--stage", "dev", "--data", "datasets/v1/", "--hp", "lora_r=0"], session=session)
     assert status == 2
     assert "hyperparameters.lora_r" in capsys.readouterr().err
+
+
+def test_power_schedule_starts_the_deployer_from_config():
+    import aws_cdk as cdk
+
+    from stacks.config import load_config
+    from stacks.storage_stack import StorageStack
+    from stacks.training_stack import TrainingStack
+    from tests.conftest import cdk_json_context
+
+    settings = {"inference": {"power_on_schedule": "cron(0 8 ? * MON-FRI *)", "power_off_schedule": "cron(0 20 ? * MON-FRI *)", "schedule_timezone": "Europe/Paris"}}
+    stage = load_config({"stages": {"dev": settings}}).stages["dev"]
+    app = cdk.App(context={key: value for key, value in cdk_json_context().items() if key != "stages"})
+    stack = TrainingStack(app, "RagDev-Training", stage=stage, storage=StorageStack(app, "RagDev-Storage", stage=stage))
+    template = app.synth().get_stack_by_name("RagDev-Training").template
+    schedules = {r["Properties"]["ScheduleExpression"]: r["Properties"] for r in resources(template, "AWS::Scheduler::Schedule").values()}
+    deployer = stack.resolve(stack.deployer.state_machine.state_machine_arn)
+    for expression, power in (("cron(0 8 ? * MON-FRI *)", "on"), ("cron(0 20 ? * MON-FRI *)", "off")):
+        schedule = schedules[expression]
+        assert schedule["ScheduleExpressionTimezone"] == "Europe/Paris" and schedule["FlexibleTimeWindow"] == {"Mode": "OFF"}
+        assert schedule["Target"]["Arn"] == deployer
+        assert json.loads(schedule["Target"]["Input"]) == {"action": "power", "power": power, "source": "schedule"}
+    role_policy = [s for s in statements(template) if s["Action"] == "states:StartExecution" and s["Resource"] == deployer]
+    assert role_policy
