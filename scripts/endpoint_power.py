@@ -17,7 +17,6 @@ region or network, 4 refused by AWS or stage not deployed, 5 the deployer did no
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -45,14 +44,8 @@ def deployer_arn(cloudformation, stage: str) -> str:
 def switch(args: argparse.Namespace, session, sleep=None) -> int:
     session = session or cli.make_session(args.region)
     arn = deployer_arn(session.client("cloudformation"), args.stage)
-    stepfunctions = session.client("stepfunctions")
-    execution = cli.start_execution(stepfunctions, arn, {"action": "power", "power": args.power, "source": "operator"})
-    print(execution)
-    if not args.wait:
-        return cli.EXIT_OK
-    status, result = cli.wait_for_execution(stepfunctions, execution, **({"sleep": sleep} if sleep else {}))
-    print(json.dumps({"status": status, "result": result}, indent=2, default=str))
-    return cli.EXIT_OK if status == "SUCCEEDED" else cli.EXIT_FAILED
+    request = {"action": "power", "power": args.power, "source": "operator"}
+    return cli.deploy(session.client("stepfunctions"), arn, request, wait=args.wait, sleep=sleep)
 
 
 def main(argv: list[str] | None = None, *, session=None, sleep=None) -> int:

@@ -121,3 +121,15 @@ def wait_for_execution(stepfunctions, execution_arn: str, *, poll_seconds: float
                 return status, json.loads(described.get("output") or "null")
             return status, described.get("cause") or described.get("error")
         sleep(poll_seconds)
+
+
+def deploy(stepfunctions, deployer_arn: str, request: dict[str, Any], *, wait: bool, sleep: Optional[Callable[[float], None]] = None) -> int:
+    """Starts the model deployer with `request`, prints the execution ARN; with `wait`, follows it
+    and prints the outcome as JSON. Returns the exit status."""
+    execution = start_execution(stepfunctions, deployer_arn, request)
+    print(execution)
+    if not wait:
+        return EXIT_OK
+    status, result = wait_for_execution(stepfunctions, execution, **({"sleep": sleep} if sleep else {}))
+    print(json.dumps({"status": status, "result": result}, indent=2, default=str))
+    return EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED

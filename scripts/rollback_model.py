@@ -17,7 +17,6 @@ did not succeed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -81,14 +80,8 @@ def rollback(args: argparse.Namespace, session, sleep=None) -> int:
     current = serving_version(session.client("ssm"), args.stage, args.role)
     version, arn = choose(approved_versions(session.client("sagemaker"), group, args.role), current, args.to, args.role)
     print(f"{args.role}: {current if current is not None else 'none'} -> {version}", file=sys.stderr)
-    stepfunctions = session.client("stepfunctions")
-    execution = cli.start_execution(stepfunctions, deployer, {"action": "deploy", "model_package_arn": arn, "source": "rollback"})
-    print(execution)
-    if not args.wait:
-        return cli.EXIT_OK
-    status, result = cli.wait_for_execution(stepfunctions, execution, **({"sleep": sleep} if sleep else {}))
-    print(json.dumps({"status": status, "result": result}, indent=2, default=str))
-    return cli.EXIT_OK if status == "SUCCEEDED" else cli.EXIT_FAILED
+    request = {"action": "deploy", "model_package_arn": arn, "source": "rollback"}
+    return cli.deploy(session.client("stepfunctions"), deployer, request, wait=args.wait, sleep=sleep)
 
 
 def main(argv: list[str] | None = None, *, session=None, sleep=None) -> int:
