@@ -42,9 +42,12 @@ DEPLOYER = "arn:aws:states:us-east-1:111122223333:stateMachine:RagDev-model-depl
 GROUP = "ragdev-models-0f1e2d3c"
 
 
+_CORE = botocore.session.get_session()  # one botocore session: its loader caches the service models
+
+
 class Session:
     def __init__(self, *services: str) -> None:
-        core = botocore.session.get_session()
+        core = _CORE
         self.clients = {name: core.create_client(name, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x") for name in services}
         self.stubs = {name: Stubber(client) for name, client in self.clients.items()}
         for stub in self.stubs.values():
@@ -75,20 +78,33 @@ def script(args: list[str], **env) -> subprocess.CompletedProcess:
 # --- expected mistakes: one line, an exit status, no traceback ----------------------------------
 
 
-@pytest.mark.parametrize("name", ["start_training", "endpoint_power", "rollback_model"])
-def test_no_region_is_one_line_and_exit_3(name):
-    args = {"start_training": ["--stage", "dev", "--data", "d/"], "endpoint_power": ["--stage", "dev", "off"], "rollback_model": ["--stage", "dev"]}[name]
-    result = script([str(SCRIPTS / f"{name}.py"), *args])
+def test_no_region_is_one_line_and_exit_3_without_a_traceback():
+    result = script([str(SCRIPTS / "start_training.py"), "--stage", "dev", "--data", "d/"])
     assert result.returncode == cli.EXIT_ENVIRONMENT, result.stderr
-    assert result.stderr.strip() == "error: no AWS region: pass --region or set AWS_REGION (the stage's region)"
-    assert "Traceback" not in result.stderr
+    assert result.stderr == "error: no AWS region: pass --region or set AWS_REGION (the stage's region)\n"
 
 
-def test_no_credentials_is_one_line_and_exit_3_and_aws_region_is_honoured():
-    result = script([str(SCRIPTS / "endpoint_power.py"), "--stage", "dev", "on"], AWS_REGION="eu-west-1")
-    assert result.returncode == cli.EXIT_ENVIRONMENT
-    assert result.stderr.strip().startswith("error: no AWS credentials: configure a profile")
-    assert "Traceback" not in result.stderr
+@pytest.fixture
+def no_aws(monkeypatch):
+    """No region, no credentials, no config files, no EC2 metadata lookups (nothing reaches the network)."""
+    for key in [key for key in os.environ if key.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+
+
+@pytest.mark.parametrize("main, argv", [(endpoint_power.main, ["--stage", "dev", "off"]), (rollback_model.main, ["--stage", "dev"])])
+def test_no_region_in_the_other_scripts(no_aws, capsys, main, argv):
+    assert main(argv) == cli.EXIT_ENVIRONMENT
+    assert capsys.readouterr().err == "error: no AWS region: pass --region or set AWS_REGION (the stage's region)\n"
+
+
+def test_no_credentials_is_one_line_and_exit_3_and_aws_region_is_honoured(no_aws, monkeypatch, capsys):
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert endpoint_power.main(["--stage", "dev", "on"]) == cli.EXIT_ENVIRONMENT
+    err = capsys.readouterr().err
+    assert err.startswith("error: no AWS credentials: configure a profile") and err.count("\n") == 1
 
 
 def test_region_flag_wins_over_the_environment(monkeypatch):
@@ -146,7 +162,7 @@ def test_compile_only_start_validates_the_base_model_and_starts(capsys):
     from tests.test_training_stack import env_variables, s3_stub  # the validator's environment and S3 answers
 
     session = Session("cloudformation", "lambda", "stepfunctions")
-    session.clients["s3"] = botocore.session.get_session().create_client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    session.clients["s3"] = _CORE.create_client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     session.stubs["cloudformation"].add_response("describe_stack_resources", {"StackResources": [{"LogicalResourceId": "PipelineValidateInputFunction5A418754", "PhysicalResourceId": "fn", "ResourceType": "AWS::Lambda::Function", "Timestamp": datetime(2026, 1, 1), "ResourceStatus": "CREATE_COMPLETE"}]}, {"StackName": "RagDev-Training"})
     session.stubs["lambda"].add_response("get_function_configuration", {"Environment": {"Variables": env_variables()}}, {"FunctionName": "fn"})
     stub = s3_stub(session.clients["s3"], data_keys=[], model_keys=["config.json", "model.safetensors", "tokenizer.json"], skip_data=True)
@@ -239,7 +255,7 @@ def test_rollback_to_a_version_that_is_not_approved_is_refused(capsys):
 # --- train.py ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+@pytest.mark.parametrize("value", ["nan", "-inf"])
 def test_train_refuses_non_finite_numbers_in_one_line(value):
     result = script([str(ROOT / "model_artifacts" / "training" / "train.py"), "--dry-run", f"--learning_rate={value}"])
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -26,9 +26,12 @@ def event(request_type: str, *, retain: str = "false", **extra) -> dict:
     }
 
 
+_CORE = botocore.session.get_session()  # one botocore session: its loader caches the service model
+
+
 @pytest.fixture
 def ssm():
-    return botocore.session.get_session().create_client("ssm", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    return _CORE.create_client("ssm", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
 
 
 def put(name: str) -> dict:

@@ -110,3 +110,10 @@ def test_compile_only_requests_take_no_training_inputs():
     assert len(error.value.problems) == 2
     with pytest.raises(rules.InputError, match="compile_only: expected true or false"):
         rules.validate_request({"compile_only": "yes", "training_data_prefix": "d/"}, SETTINGS)
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity"])
+def test_non_finite_numbers_are_refused_by_the_parser(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args([f"--learning_rate={value}"], env={})
+    assert exit_info.value.code == 2 and "expected a finite number" in capsys.readouterr().err
