@@ -105,7 +105,21 @@ class Run:
     waits: int = 0
 
 
+def expressions_in(value: Any) -> set[str]:
+    """Every `{% ... %}` field of a definition (or any part of one)."""
+    if isinstance(value, str):
+        return {value.strip()} if EXPRESSION.match(value.strip()) else set()
+    if isinstance(value, list):
+        return set().union(*(expressions_in(item) for item in value)) if value else set()
+    if isinstance(value, dict):
+        return set().union(*(expressions_in(item) for item in value.values())) if value else set()
+    return set()
+
+
 class Interpreter:
+    # Every expression any run has evaluated, for the tests that check none was left untried.
+    evaluated: set[str] = set()
+
     def __init__(self, engine: JsonataEngine, definition: dict, services: Services, *, execution_id: str = "arn:aws:states:us-east-1:111122223333:execution:test:run-1") -> None:
         self.engine = engine
         self.definition = definition
@@ -120,6 +134,7 @@ class Interpreter:
             if not match:
                 return value
             bindings = {**variables, "states": {**states, "context": self.context}}
+            Interpreter.evaluated.add(value.strip())
             try:
                 result = self.engine.evaluate(match.group(1), bindings)
             except JsonataError as error:

@@ -277,8 +277,11 @@ def test_packages_that_must_not_deploy_are_skipped_and_reported(jsonata, definit
 
 
 @pytest.fixture(scope="module")
-def no_base_definition():
-    """A stage with inference.serve_base false: its deployer knows the finetuned role only."""
+def no_base_definition(synth):
+    """A stage with inference.serve_base false: its deployer knows the finetuned role only.
+
+    (`synth` only orders its tests with the others of this module: the suite runs synth-based
+    tests first, and the expression-coverage test at the end must come after these.)"""
     import aws_cdk as cdk
 
     from stacks.config import load_config
@@ -339,3 +342,11 @@ def test_prod_deployer_uses_its_own_stage(jsonata, prod_definition):
     assert aws.ssm["/rag/prod/serving/endpoint"] == "off"
     assert aws.called("cloudformation:updateStack")[0]["StackName"] == "RagProd-Inference"
 
+
+
+def test_every_jsonata_expression_of_the_deployer_was_evaluated_by_the_tests_above(definition, no_base_definition):
+    from tests.sfn_interpreter import expressions_in
+
+    for machine in (definition, no_base_definition):
+        untried = expressions_in(machine) - Interpreter.evaluated
+        assert not untried, f"no test evaluated: {sorted(untried)}"

@@ -147,6 +147,14 @@ def test_a_failed_job_is_reported_with_its_reason_and_fails_the_execution(jsonat
     assert not services.called("sagemaker:createModelPackage")
 
 
+def test_a_failed_compile_job_is_reported_with_its_job_name(jsonata, pipeline):
+    services = aws(prepared(compile_only=True), "Failed")
+    result = Interpreter(jsonata, pipeline, services).run({"compile_only": True})
+    assert result.status == "FAILED" and result.error == "TrainingJobFailed"
+    assert result.cause.startswith("ragprod-ft-20261130-080000-abc123-inf2 Failed: ")
+    assert not services.called("sagemaker:createModelPackage")
+
+
 def test_an_invalid_request_stops_before_any_job(jsonata, pipeline):
     services = Services()
     services.answer("lambda:invoke", ServiceError("InvalidTrainingInput", '["training_data_prefix: None must be a key prefix"]'))
@@ -162,6 +170,14 @@ def test_a_refused_create_training_job_is_caught_and_reported(jsonata, pipeline)
     services.answer("sagemaker:createTrainingJob", ServiceError("SageMaker.SageMakerException", "ResourceLimitExceeded: ml.trn1.2xlarge for training job usage: 0"))
     result = Interpreter(jsonata, pipeline, services).run({"training_data_prefix": "datasets/v1/"})
     assert result.status == "FAILED" and "ResourceLimitExceeded" in result.cause
+
+
+def test_every_jsonata_expression_of_the_pipeline_was_evaluated_by_the_runs_above(pipeline, dev_pipeline):
+    from tests.sfn_interpreter import expressions_in
+
+    for machine in (pipeline, dev_pipeline):
+        untried = expressions_in(machine) - Interpreter.evaluated
+        assert not untried, f"no test evaluated: {sorted(untried)}"
 
 
 # --- the state machine, as synthesized -----------------------------------------------------------
