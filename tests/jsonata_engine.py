@@ -3,7 +3,7 @@
 Why npm and not a Python port: it is the reference implementation, the one whose semantics Step
 Functions documents (sequences, singleton arrays, undefined), and a port's small differences are
 exactly what these tests must not inherit. One Node process serves the whole test session
-(start-up ~60 ms, then well under a millisecond per expression).
+(measured here: start-up ~0.17 s, then ~0.5 ms per expression, median).
 """
 
 from __future__ import annotations
