@@ -18,7 +18,7 @@ export CDK_DISABLE_VERSION_CHECK = 1
 synth: $(VENV)/.installed node_modules/.installed
 	$(CDK) synth --no-notices --quiet -c stage=$(STAGE)
 
-test: $(VENV)/.installed $(CHECKOV_VENV)/.installed
+test: $(VENV)/.installed $(CHECKOV_VENV)/.installed node_modules/.installed
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed node_modules/.installed

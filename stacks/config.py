@@ -189,6 +189,9 @@ class TrainingConfig:
     volume_size_gib: int = 256
     max_runtime_hours: int = 24
     use_spot: bool = False
+    # Spot: the longest a job may take including interruptions. optimum-neuron 0.4.1 cannot resume
+    # (NeuronTrainer.train refuses resume_from_checkpoint), so an interruption restarts training
+    # from step 0: leave room for at least one full restart (at least 2 x max_runtime_hours).
     max_wait_hours: int = 48
     base_model_s3_prefix: str = "base-models/qwen3-1.7b/"
     auto_deploy: bool = False
@@ -201,7 +204,8 @@ class TrainingConfig:
         _in_range(self, "volume_size_gib", 32, 16384)
         _in_range(self, "max_runtime_hours", 1, 672)
         if self.use_spot:
-            _in_range(self, "max_wait_hours", self.max_runtime_hours, 672)
+            # SageMaker's ceiling is 28 days; an interruption restarts training from step 0.
+            _in_range(self, "max_wait_hours", 2 * self.max_runtime_hours, 672)
         _matches(self, "base_model_s3_prefix", S3_PREFIX_PATTERN, "an S3 prefix ending in '/'")
         if self.notification_email is not None:
             _matches(self, "notification_email", r"^[^@\s]+@[^@\s]+\.[^@\s]+$", "an e-mail address")
@@ -216,6 +220,8 @@ NEURON_CORE_MEMORY_GB = 16
 NEURON_WEIGHTS_SHARE = 0.7
 NEURON_TENSOR_PARALLEL_SIZES = (1, 2, 4, 8, 12, 24)
 SERVING_MODELS_PREFIX = "models/"  # StorageStack's ARTIFACT_PREFIXES.models: what the endpoint role may read
+# EventBridge Scheduler cron: six fields (minutes hours day-of-month month day-of-week year).
+SCHEDULE_PATTERN = r"^cron\(\S+ \S+ \S+ \S+ \S+ \S+\)$"
 
 
 def inf2_min_tensor_parallel(model_params_billions: float) -> int:
@@ -227,17 +233,20 @@ def inf2_min_tensor_parallel(model_params_billions: float) -> int:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """The fine-tuned model on an Inferentia2 real-time endpoint (optional per stage).
+    """The base and fine-tuned models on one Inferentia2 real-time endpoint (optional per stage).
 
     `enabled: false` gives a stage without an endpoint (the serving path then uses Bedrock).
+    Which model version each variant serves is not config: it is the serving record in SSM
+    (lambda/shared/model_record.py), written by the model deployer and read at deploy time.
     Tensor parallel size, batch size and sequence length must equal what the model was compiled
     with (the container refuses to start otherwise); the training job compiles with these values.
     """
 
     enabled: bool = True
+    # Serve the base model (compiled for inf2 by a compile-only run) beside the fine-tuned one.
+    serve_base: bool = True
     instance_type: str = "ml.inf2.xlarge"
     model_params_billions: float = 1.7
-    model_s3_prefix: str = "models/current/"
     tensor_parallel_size: int = 2
     batch_size: int = 4
     sequence_length: int = 4096
@@ -250,6 +259,11 @@ class InferenceConfig:
     latency_alarm_p90_s: int = 20
     errors_alarm_threshold: int = 5
     log_retention_days: int = 30
+    # Idle cost: EventBridge Scheduler switches the endpoint on/off (cron expressions, e.g.
+    # "cron(0 8 ? * MON-FRI *)"); none = no schedule. Both or neither.
+    power_on_schedule: Optional[str] = None
+    power_off_schedule: Optional[str] = None
+    schedule_timezone: str = "UTC"
 
     def validate(self) -> None:
         _one_of(self, "instance_type", tuple(INF2_NEURON_CORES))
@@ -270,9 +284,6 @@ class InferenceConfig:
         host_gib = INF2_HOST_MEMORY_GIB[self.instance_type]
         if weights_gb * 1.5 > host_gib:
             raise ConfigError("instance_type", self.instance_type, f"a {self.model_params_billions:g}B-parameter model needs about {weights_gb * 1.5:g} GiB of host memory to load; {self.instance_type} has {host_gib} GiB")
-        _matches(self, "model_s3_prefix", S3_PREFIX_PATTERN, "an S3 prefix ending in '/'")
-        if not self.model_s3_prefix.startswith(SERVING_MODELS_PREFIX) or self.model_s3_prefix == SERVING_MODELS_PREFIX:
-            raise ConfigError("model_s3_prefix", self.model_s3_prefix, f"a prefix under {SERVING_MODELS_PREFIX} of the artifacts bucket, like {SERVING_MODELS_PREFIX}current/")
         _in_range(self, "batch_size", 1, 64)
         _in_range(self, "sequence_length", 128, 32768)
         # SageMaker's maximum for both is 3600 s; Neuron models load slowly, so keep the floor high.
@@ -285,6 +296,13 @@ class InferenceConfig:
         _in_range(self, "latency_alarm_p90_s", 1, 60)
         _in_range(self, "errors_alarm_threshold", 1, 10000)
         _one_of(self, "log_retention_days", tuple(LOG_RETENTION_DAYS))
+        for name in ("power_on_schedule", "power_off_schedule"):
+            if getattr(self, name) is not None:
+                _matches(self, name, SCHEDULE_PATTERN, "an EventBridge Scheduler cron expression like cron(0 8 ? * MON-FRI *)")
+        if (self.power_on_schedule is None) != (self.power_off_schedule is None):
+            missing = "power_off_schedule" if self.power_off_schedule is None else "power_on_schedule"
+            raise ConfigError(missing, None, "set both power_on_schedule and power_off_schedule, or neither (an endpoint switched on by a schedule must be switched off by one)")
+        _matches(self, "schedule_timezone", r"^(UTC|[A-Z][A-Za-z_]+(/[A-Za-z0-9_+\-]+){1,2})$", "an IANA time zone like Europe/Paris, or UTC")
 
 
 @dataclass(frozen=True)
@@ -388,6 +406,10 @@ class StageConfig:
             _matches(self, "account", r"^\d{12}$", "a 12-digit AWS account id")
         if self.region is not None:
             _matches(self, "region", r"^[a-z]{2}(-gov)?-[a-z]+-\d$", "an AWS region like us-east-1")
+        if self.training.auto_deploy and not self.inference.enabled:
+            raise ConfigError("training.auto_deploy", True, "false when inference.enabled is false (there is no endpoint to deploy to)")
+        if self.inference.power_on_schedule is not None and not self.inference.enabled:
+            raise ConfigError("inference.power_on_schedule", self.inference.power_on_schedule, "none when inference.enabled is false (there is no endpoint to switch)")
         self._validate_serving()
 
     def _validate_serving(self) -> None:
@@ -395,7 +417,7 @@ class StageConfig:
         default = self.serving.default_generator
         if default in ("base", "finetuned") and not self.inference.enabled:
             raise ConfigError("serving.default_generator", default, "'auto' or 'bedrock' when inference.enabled is false (no endpoint to call)")
-        if default == "base" and not getattr(self.inference, "serve_base", True):
+        if default == "base" and not self.inference.serve_base:
             raise ConfigError("serving.default_generator", default, "not 'base' when inference.serve_base is false (the stage never serves the base model)")
         if self.inference.enabled and self.serving.max_new_tokens > self.inference.sequence_length // 2:
             raise ConfigError(

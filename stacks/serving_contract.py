@@ -1,9 +1,10 @@
-"""The serving contract: how the fine-tuned model runs on Inferentia2, written down once.
+"""The serving contract: how the base and fine-tuned models run on Inferentia2, written down once.
 
 Who uses it:
-- `InferenceStack` builds its `AWS::SageMaker::Model` from `ServingContract.container_definition`.
-- The training pipeline's CreateModel step (Step Functions) uses the same dict, so a newly trained
-  model is deployed with exactly the image, environment and layout the stack uses.
+- `GeneratorEndpoint` (Inference stack) builds one `AWS::SageMaker::Model` per served role from
+  `ServingContract.model_definition`, and one production variant per role (`VARIANT_NAMES`).
+- The model pipeline registers each version with the same container definition, so the registry
+  describes exactly the image, environment and layout the endpoint runs.
 - The training job compiles the model with `neuron_export_arguments` (batch size, sequence length
   and tensor parallel size must equal what the container is started with, or it refuses to load).
 - The serving stack gives the query Lambda `lambda_environment(...)`; the Lambda speaks the body
@@ -29,7 +30,12 @@ as `Parameters` unchanged (with a JSONPath value, rename the key to `S3Uri.$` yo
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
+import json
 import re
+import sys
+from pathlib import Path
 
 import aws_cdk as cdk
 from constructs import Construct
@@ -53,9 +59,28 @@ LAMBDA_ENV_ENDPOINT_NAME = "ENDPOINT_NAME"
 LAMBDA_ENV_SERVED_MODEL_NAME = "ENDPOINT_MODEL_NAME"
 LAMBDA_ENV_SEQUENCE_LENGTH = "ENDPOINT_SEQUENCE_LENGTH"
 
-# The endpoint's one production variant. Autoscaling is registered on this name: every endpoint
-# config (the stack's and the training pipeline's) must keep it, or scaling detaches.
-VARIANT_NAME = "AllTraffic"
+
+def _shared_module(name: str):
+    """A module of lambda/shared/ (the runtime's code) loaded by path: stacks do not put lambda/ on sys.path."""
+    qualified = f"shared_{name}"
+    if qualified not in sys.modules:
+        spec = importlib.util.spec_from_file_location(qualified, Path(__file__).resolve().parents[1] / "lambda" / "shared" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[qualified] = module
+        spec.loader.exec_module(module)
+    return sys.modules[qualified]
+
+
+# The serving record (Contract 3): which version each role serves, in SSM; the same module the
+# query Lambda and the operator scripts use.
+model_record = _shared_module("model_record")
+ROLES: tuple[str, ...] = tuple(model_record.ROLES)
+# One production variant per role that has a model; autoscaling is registered per variant name.
+VARIANT_NAMES: dict[str, str] = dict(model_record.VARIANT_NAMES)
+# The inf2 hosting AMI is left to SageMaker's default: the only Neuron option of
+# ProductionVariant.InferenceAmiVersion (al2-ami-sagemaker-inference-neuron-2) pins Neuron driver
+# 2.19, older than the image's Neuron SDK 2.26.1, and the image's publishers deploy it without one.
+INFERENCE_AMI_VERSION = None
 
 IMAGE_REPOSITORY = "huggingface-vllm-inference-neuronx"
 
@@ -193,10 +218,27 @@ def neuron_export_arguments(inference: InferenceConfig) -> list[str]:
     ]
 
 
+# Contract 3: `<endpoint>-b<base version|0>-f<finetuned version|0>-<8 hex>`; at most 63 characters.
+CONFIG_NAME_DIGEST_LENGTH = 8
+MAX_VERSION_DIGITS = 9  # model_record's version pattern
+
+
+def definition_digest(resolved_definition) -> str:
+    """8 hex digits of the synth-time definition (CloudFormation JSON, tokens as Ref/GetAtt)."""
+    text = json.dumps(resolved_definition, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:CONFIG_NAME_DIGEST_LENGTH]
+
+
+def check_config_name_length(endpoint_name: str) -> None:
+    longest = len(endpoint_name) + len(f"-b{'9' * MAX_VERSION_DIGITS}-f{'9' * MAX_VERSION_DIGITS}-") + CONFIG_NAME_DIGEST_LENGTH
+    if longest > 63:
+        raise ValueError(f"endpoint name {endpoint_name!r} leaves no room for the versions in its config names (63 characters at most)")
+
+
 def check_model_s3_uri(model_s3_uri: str) -> None:
     """An uncompressed S3Prefix must be an s3:// URI ending in '/' (placeholders pass unchecked)."""
-    if model_s3_uri.startswith(("$", "{%")):
-        return  # a Step Functions JSONPath / JSONata expression, resolved at run time
+    if model_s3_uri.startswith(("$", "{%")) or (cdk.Token.is_unresolved(model_s3_uri) and not model_s3_uri.startswith("s3://")):
+        return  # a Step Functions expression, or a deploy-time value: the serving record's prefix, validated when written
     if not model_s3_uri.startswith("s3://") and not cdk.Token.is_unresolved(model_s3_uri):
         raise ValueError(f"model_s3_uri must start with s3://, got {model_s3_uri!r}")
     if not model_s3_uri.endswith("/"):
@@ -277,11 +319,11 @@ class ServingContract:
             "EnableNetworkIsolation": ENABLE_NETWORK_ISOLATION,
         }
 
-    def production_variant(self, model_name: str) -> dict:
-        """The `ProductionVariants` entry for CreateEndpointConfig / AWS::SageMaker::EndpointConfig."""
+    def production_variant(self, model_name: str, *, role: str) -> dict:
+        """The `ProductionVariants` entry of `role` for AWS::SageMaker::EndpointConfig (API casing)."""
         inference = self.inference
         variant = {
-            "VariantName": VARIANT_NAME,
+            "VariantName": VARIANT_NAMES[role],
             "ModelName": model_name,
             "InstanceType": inference.instance_type,
             "InitialInstanceCount": inference.min_instances,
@@ -293,12 +335,12 @@ class ServingContract:
             variant["VolumeSizeInGB"] = inference.volume_size_gib
         return variant
 
-    def endpoint_config_definition(self, *, model_name: str, kms_key_arn: str) -> dict:
-        """CreateEndpointConfig parameters without EndpointConfigName (same names in CloudFormation).
+    def endpoint_config_definition(self, *, variants: list, kms_key_arn: str) -> dict:
+        """AWS::SageMaker::EndpointConfig properties without its name, for the given variant entries.
 
-        The KMS key encrypts the instance's EBS volume; it is left out where the type has none.
+        The KMS key encrypts the instances' EBS volumes; it is left out where the type has none.
         """
-        definition = {"ProductionVariants": [self.production_variant(model_name)]}
+        definition = {"ProductionVariants": variants}
         if supports_volume_size(self.inference.instance_type):
             definition["KmsKeyId"] = kms_key_arn
         return definition

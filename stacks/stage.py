@@ -7,10 +7,9 @@ the knowledge base id are found by name, not by export):
     Storage, Monitoring, Search, KnowledgeBase, Training, Inference, Serving
 
 Monitoring comes right after Storage so the alarm topic exists before any alarm that notifies it.
-THIS BRANCH: in stages with `training.auto_deploy`, TrainingStack still reads the Inference stack
-(`deploy_target`: the execution role and endpoint name of the pipeline's deploy step), which makes
-Training depend on Inference; there, until that dependency goes (branch `lifecycle`), Inference
-deploys before Training. Everywhere else the order is exactly `DEPLOY_ORDER`.
+Training comes before Inference: it creates the serving record (SSM parameters) that the
+Inference stack resolves at deploy time, and it reaches the Inference stack only by name (the
+model deployer asks CloudFormation to update it).
 
 Stateful stacks (Storage, Search) are separate from the stateless ones so the latter can be
 destroyed and redeployed; stages that retain data protect the stateful stacks, and Training too:
@@ -50,18 +49,12 @@ class StageStacks:
     inference: InferenceStack = None  # always built; holds no endpoint when inference.enabled is false
     training: TrainingStack = None
     serving: ServingStack = None
-    # TrainingStack reads the Inference stack (its `deploy_target`) in stages with auto_deploy.
-    training_reads_inference: bool = False
 
     def in_deploy_order(self) -> list[cdk.Stack]:
         """The stacks in the order their dependencies make CloudFormation deploy them."""
         by_part = {stack.stack_name.split("-", 1)[1]: stack for stack in
                    (self.storage, self.monitoring, self.search, self.knowledge_base, self.training, self.inference, self.serving)}
-        parts = list(DEPLOY_ORDER)
-        if self.training_reads_inference:  # remove with TrainingStack's `deploy_target` (branch lifecycle)
-            parts.remove("Inference")
-            parts.insert(parts.index("Training"), "Inference")
-        return [by_part[part] for part in parts]
+        return [by_part[part] for part in DEPLOY_ORDER]
 
 
 def build_stage(scope: Construct, stage: StageConfig) -> StageStacks:
@@ -69,16 +62,15 @@ def build_stage(scope: Construct, stage: StageConfig) -> StageStacks:
     storage = _new_stack(StorageStack, scope, stage, "Storage", protected=True)
     search = _new_stack(SearchStack, scope, stage, "Search", protected=True, storage=storage)
     knowledge_base = _new_stack(KnowledgeBaseStack, scope, stage, "KnowledgeBase", protected=False, storage=storage, search=search)
+    training = _new_stack(TrainingStack, scope, stage, "Training", protected=True, storage=storage)
     inference = _new_stack(InferenceStack, scope, stage, "Inference", protected=False, storage=storage)
-    training = _new_stack(TrainingStack, scope, stage, "Training", protected=True, storage=storage, deploy_target=inference)
     serving = _new_stack(ServingStack, scope, stage, "Serving", protected=False, storage=storage, search=search,
                          knowledge_base=knowledge_base, inference=inference)
     # Built last so its dashboard can list every alarm by name; it deploys second (the chain below).
     alarm_names = [name for stack in (search, knowledge_base, inference, training, serving) for name in getattr(stack, "alarm_names", ())]
     monitoring = _new_stack(MonitoringStack, scope, stage, "Monitoring", protected=False, alarm_names=alarm_names)
     stacks = StageStacks(storage=storage, monitoring=monitoring, search=search, knowledge_base=knowledge_base,
-                         inference=inference, training=training, serving=serving,
-                         training_reads_inference=stage.training.auto_deploy)
+                         inference=inference, training=training, serving=serving)
     ordered = stacks.in_deploy_order()
     for before, after in zip(ordered, ordered[1:]):
         after.add_stack_dependency(before, "deploy order of the stage (stacks/stage.py)")

@@ -84,3 +84,13 @@ def pytest_collection_modifyitems(items):
         return 0 if "synth" in getattr(item, "fixturenames", ()) else 1
 
     items.sort(key=rank)
+
+
+@pytest.fixture(scope="session")
+def jsonata():
+    """The reference JSONata engine (npm `jsonata`), one Node process for the whole session."""
+    from tests.jsonata_engine import JsonataEngine
+
+    engine = JsonataEngine()
+    yield engine
+    engine.close()

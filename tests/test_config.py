@@ -54,6 +54,9 @@ def test_defaults_fill_what_a_stage_leaves_out():
         ({"dev": {"inference": {"sequence_length": 1024}, "serving": {"max_new_tokens": 513}}}, "stages.dev.serving.max_new_tokens",
          "at most half of inference.sequence_length (512)"),
         ({"dev": {"account": "12345"}}, "stages.dev.account", "12-digit"),
+        ({"dev": {"training": {"auto_deploy": True}, "inference": {"enabled": False}}}, "stages.dev.training.auto_deploy", "no endpoint to deploy to"),
+        ({"dev": {"training": {"use_spot": True, "max_runtime_hours": 24, "max_wait_hours": 47}}}, "stages.dev.training.max_wait_hours", "allowed: 48..672"),
+        ({"dev": {"training": {"use_spot": True, "max_runtime_hours": 400, "max_wait_hours": 672}}}, "stages.dev.training.max_wait_hours", "allowed: 800..672"),
         ({"Dev": {}}, "stages.Dev.name", "lowercase"),
         ({"dev": {"name": "prod"}}, "stages.dev.name", "not settable"),
         ({"dev": "small"}, "stages.dev", "an object"),
@@ -96,16 +99,20 @@ def test_the_serving_cross_field_rules_hold_at_their_boundaries():
 
 
 def test_a_stage_that_never_serves_the_base_model_cannot_default_to_it():
-    """`inference.serve_base` (Contract 3, config of branch lifecycle) false forbids the default `base`."""
-    import dataclasses
-
-    from stacks.config import InferenceConfig, ServingConfig
-
-    @dataclasses.dataclass(frozen=True)
-    class WithoutBase(InferenceConfig):
-        serve_base: bool = False
-
+    """`inference.serve_base` false forbids the default `base`, and only `base`."""
     with pytest.raises(ConfigError, match="not 'base' when inference.serve_base is false") as caught:
-        StageConfig(name="dev", inference=WithoutBase(), serving=ServingConfig(default_generator="base")).validate()
-    assert caught.value.key == "serving.default_generator"
-    StageConfig(name="dev", inference=WithoutBase(), serving=ServingConfig(default_generator="finetuned")).validate()
+        load({"dev": {"inference": {"serve_base": False}, "serving": {"default_generator": "base"}}})
+    assert caught.value.key == "stages.dev.serving.default_generator"
+    assert load({"dev": {"inference": {"serve_base": False}, "serving": {"default_generator": "finetuned"}}}).stages["dev"].serving.default_generator == "finetuned"
+
+
+@pytest.mark.parametrize("runtime, wait, ok", [(24, 48, True), (24, 47, False), (1, 2, True), (1, 1, False), (336, 672, True), (337, 672, False)])
+def test_spot_wait_leaves_room_for_one_full_restart_at_the_boundary(runtime, wait, ok):
+    """optimum-neuron 0.4.1 restarts an interrupted run from step 0: max_wait >= 2 x max_runtime, <= 28 days."""
+    stages = {"dev": {"training": {"use_spot": True, "max_runtime_hours": runtime, "max_wait_hours": wait}}}
+    if ok:
+        assert load(stages).stages["dev"].training.max_wait_hours == wait
+    else:
+        with pytest.raises(ConfigError, match="max_wait_hours"):
+            load(stages)
+    load({"dev": {"training": {"use_spot": False, "max_runtime_hours": runtime, "max_wait_hours": 1}}})  # on demand: not used

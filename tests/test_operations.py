@@ -195,6 +195,11 @@ def test_the_import_check_catches_the_knowledge_base_case():
         "C imports KbId: P/KnowledgeBase (AWS::Bedrock::KnowledgeBase) is replaced when ['StorageConfiguration'] change"]
 
 
+def unique_per_stack_instance(value) -> bool:
+    """A name built from the stack's id (e.g. its UUID part) differs in every new stack instance."""
+    return '"AWS::StackId"' in json.dumps(value)
+
+
 def retained_fixed_names(templates: dict[str, dict], protected: dict[str, bool]) -> list[str]:
     problems = []
     for stack, template in templates.items():
@@ -203,7 +208,9 @@ def retained_fixed_names(templates: dict[str, dict], protected: dict[str, bool])
         for logical_id, resource in resources(template).items():
             if resource.get("DeletionPolicy") not in RETAIN:
                 continue
-            named = sorted(p for p in resource.get("Properties", {}) if p in create_only(resource["Type"]) and names_the_resource(p))
+            properties = resource.get("Properties", {})
+            named = sorted(p for p in properties if p in create_only(resource["Type"]) and names_the_resource(p)
+                           and not unique_per_stack_instance(properties[p]))
             if named:
                 problems.append(f"{stack}/{logical_id} ({resource['Type']}) is retained with fixed {named}: "
                                 "a redeploy after destroy fails with AlreadyExists")
@@ -223,6 +230,10 @@ def test_the_fixed_name_check_catches_a_retained_named_log_group():
                                        "Properties": {"LogGroupName": "/aws/x", "RetentionInDays": 7}}}}
     assert retained_fixed_names({"S": template}, {"S": False})
     assert not retained_fixed_names({"S": template}, {"S": True})
+    # a name that carries the stack's id is new in every stack instance: a redeploy never meets it
+    stack_uuid = {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}
+    template["Resources"]["Logs"]["Properties"]["LogGroupName"] = {"Fn::Join": ["-", ["/aws/x", stack_uuid]]}
+    assert not retained_fixed_names({"S": template}, {"S": False})
 
 
 def test_stacks_deploy_in_the_contracts_order(synth):

@@ -207,9 +207,10 @@ def _stage_inference(**inference):
         ({"model_params_billions": 8}, "stages.dev.inference.instance_type", "needs about 24 GiB of host memory"),
         ({"model_data_download_timeout_s": 3601}, "stages.dev.inference.model_data_download_timeout_s", "allowed: 60..3600"),
         ({"startup_health_check_timeout_s": 7200}, "stages.dev.inference.startup_health_check_timeout_s", "allowed: 60..3600"),
-        ({"model_s3_prefix": "training-output/job-1/"}, "stages.dev.inference.model_s3_prefix", "under models/"),
-        ({"model_s3_prefix": "models/"}, "stages.dev.inference.model_s3_prefix", "under models/"),
-        ({"model_s3_prefix": "models/current"}, "stages.dev.inference.model_s3_prefix", "ending in '/'"),
+        ({"power_on_schedule": "cron(0 8 ? * MON-FRI *)"}, "stages.dev.inference.power_off_schedule", "set both"),
+        ({"power_on_schedule": "rate(1 day)", "power_off_schedule": "cron(0 20 * * ? *)"}, "stages.dev.inference.power_on_schedule", "cron expression"),
+        ({"power_on_schedule": "cron(0 8 * * ?)", "power_off_schedule": "cron(0 20 * * ? *)"}, "stages.dev.inference.power_on_schedule", "cron expression"),
+        ({"schedule_timezone": "Paris"}, "stages.dev.inference.schedule_timezone", "IANA time zone"),
         ({"min_instances": 2, "max_instances": 1}, "stages.dev.inference.max_instances", "allowed: 2..10"),
         ({"volume_size_gib": 600}, "stages.dev.inference.volume_size_gib", "allowed: 1..512"),
         ({"latency_alarm_p90_s": 0}, "stages.dev.inference.latency_alarm_p90_s", "allowed: 1..60"),
@@ -234,21 +235,32 @@ def test_sizing_rule_matches_the_documented_table():
 def test_defaults_are_the_smallest_sensible_endpoint():
     inference = _stage_inference()
     assert (inference.instance_type, inference.tensor_parallel_size, inference.min_instances, inference.max_instances) == ("ml.inf2.xlarge", 2, 1, 1)
-    assert inference.model_s3_prefix == "models/current/"
+    assert inference.serve_base is True and inference.power_on_schedule is None
     assert 600 <= inference.model_data_download_timeout_s <= 3600 and 600 <= inference.startup_health_check_timeout_s <= 3600
     assert _stage_inference(enabled=False).enabled is False
 
 
-def test_endpoint_config_definition_is_shared_by_stack_and_pipeline():
+def test_endpoint_config_definition_has_one_variant_per_role():
     app = cdk.App()
     stack = cdk.Stack(app, "Variant", env=cdk.Environment(region="us-east-1"))
     bound = contract.ServingContract.for_stack(stack, InferenceConfig(instance_type="ml.inf2.8xlarge", min_instances=2, max_instances=3))
-    definition = bound.endpoint_config_definition(model_name="m-1", kms_key_arn="arn:aws:kms:us-east-1:111122223333:key/k")
+    variants = [bound.production_variant(f"m-{role}", role=role) for role in contract.ROLES]
+    definition = bound.endpoint_config_definition(variants=variants, kms_key_arn="arn:aws:kms:us-east-1:111122223333:key/k")
     assert definition == {
         "ProductionVariants": [{
-            "VariantName": "AllTraffic", "ModelName": "m-1", "InstanceType": "ml.inf2.8xlarge", "InitialInstanceCount": 2,
+            "VariantName": role, "ModelName": f"m-{role}", "InstanceType": "ml.inf2.8xlarge", "InitialInstanceCount": 2,
             "InitialVariantWeight": 1.0, "ModelDataDownloadTimeoutInSeconds": 1200,
-            "ContainerStartupHealthCheckTimeoutInSeconds": 1800, "VolumeSizeInGB": 64}],
+            "ContainerStartupHealthCheckTimeoutInSeconds": 1800, "VolumeSizeInGB": 64} for role in ("base", "finetuned")],
         "KmsKeyId": "arn:aws:kms:us-east-1:111122223333:key/k",
     }
-    assert contract.VARIANT_NAME == "AllTraffic"  # autoscaling is registered on this name
+    assert contract.VARIANT_NAMES == {"base": "base", "finetuned": "finetuned"}  # Contract 3; autoscaling is registered per name
+    assert contract.INFERENCE_AMI_VERSION is None
+
+
+def test_config_name_fits_for_the_longest_stage_and_the_digest_follows_the_definition():
+    contract.check_config_name_length("rag" + "x" * 16 + "-generator")
+    with pytest.raises(ValueError, match="63 characters"):
+        contract.check_config_name_length("rag" + "x" * 30 + "-generator")
+    assert contract.definition_digest({"a": 1}) == contract.definition_digest({"a": 1})
+    assert contract.definition_digest({"a": 1}) != contract.definition_digest({"a": 2})
+    assert re.fullmatch(r"[0-9a-f]{8}", contract.definition_digest({}))

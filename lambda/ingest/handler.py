@@ -379,7 +379,6 @@ def metrics() -> Metrics:
     global _metrics
     if _metrics is None:
         _metrics = Metrics()
-        _metrics.set_default_dimensions(stage=os.environ.get("STAGE", "unknown"))
     return _metrics
 
 
@@ -388,6 +387,9 @@ def publish(tally: Counter) -> None:
     if not tally:
         return
     emitter = metrics()
+    # Powertools shares default dimensions between every Metrics object of the process: a
+    # per-record dimension keeps this function's `stage` off other handlers' metrics.
+    emitter.add_dimension(name="stage", value=os.environ.get("STAGE", "unknown"))
     for name, value in sorted(tally.items()):
         emitter.add_metric(name=name, unit=MetricUnit.Count, value=value)
     emitter.flush_metrics()

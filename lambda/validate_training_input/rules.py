@@ -10,6 +10,10 @@ Request (the execution input):
      "hyperparameters": {"learning_rate": 0.0001, ...},    # optional; names from hyperparameters.json
      "description": "why this run"}                          # optional, into the model registry
 
+A compile-only run (the base model itself, compiled for Inferentia2 and registered as the base):
+    {"compile_only": true, "base_model_prefix": "base-models/qwen3-1.7b/", "description": "..."}
+    (no training data, no hyperparameters)
+
 The hyperparameter spec is model_artifacts/training/hyperparameters.json (the stack hands the
 Lambda its user-settable part as an environment variable; the script reads the file).
 """
@@ -24,8 +28,11 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 S3_PREFIX_PATTERN = re.compile(r"^([a-z0-9][a-z0-9\-_.]*/)+$")
-NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker job/model names
-ALLOWED_KEYS = ("training_data_prefix", "base_model_prefix", "hyperparameters", "description")
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker job/model names (the pattern lets hyphens run past 63)
+MAX_NAME_LENGTH = 63
+ALLOWED_KEYS = ("training_data_prefix", "base_model_prefix", "hyperparameters", "description", "compile_only")
+COMPILE_ONLY_KEYS = ("compile_only", "base_model_prefix", "description")
+NO_DATA = "none"  # training_data_uri of a compile-only run (registry metadata values cannot be empty)
 MAX_DESCRIPTION = 1000
 SUPPORTED_MODEL_TYPES = ("llama", "qwen3")
 MAX_LISTED_KEYS = 10000
@@ -109,8 +116,14 @@ def validate_request(request: Any, settings: Settings) -> dict[str, Any]:
     if not isinstance(request, dict):
         raise InputError(["the input must be a JSON object"])
     problems: list[str] = [f"unknown key {key!r} (allowed: {', '.join(ALLOWED_KEYS)})" for key in sorted(set(request) - set(ALLOWED_KEYS))]
+    compile_only = request.get("compile_only", False)
+    if not isinstance(compile_only, bool):
+        problems.append(f"compile_only: expected true or false, got {compile_only!r}")
+        compile_only = False
     data = request.get("training_data_prefix")
-    if not isinstance(data, str) or not S3_PREFIX_PATTERN.match(data):
+    if compile_only:
+        problems.extend(f"{key}: not used by a compile-only run (it compiles the base model as it is)" for key in sorted(set(request) - set(COMPILE_ONLY_KEYS)) if key in ALLOWED_KEYS)
+    elif not isinstance(data, str) or not S3_PREFIX_PATTERN.match(data):
         problems.append(f"training_data_prefix: {data!r} must be a key prefix in the training bucket ending in '/' (lowercase, no s3://)")
     base = request.get("base_model_prefix", settings.default_base_model_prefix)
     if not isinstance(base, str) or not S3_PREFIX_PATTERN.match(base) or not base.startswith(settings.base_models_root) or base == settings.base_models_root:
@@ -135,7 +148,10 @@ def validate_request(request: Any, settings: Settings) -> dict[str, Any]:
             problems.append(f"hyperparameters.tensor_parallel_size: {values['tensor_parallel_size']} must divide the job's {settings.neuron_cores} NeuronCores")
     if problems:
         raise InputError(problems)
+    if compile_only:
+        return {"compile_only": True, "training_data_prefix": None, "base_model_prefix": base, "hyperparameters": {}, "description": description or f"Base model {base} compiled for Inferentia2"}
     return {
+        "compile_only": False,
         "training_data_prefix": data,
         "base_model_prefix": base,
         "hyperparameters": values,
@@ -148,7 +164,7 @@ def job_names(job_prefix: str, *, now: datetime | None = None, token: str | None
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
     base = f"{job_prefix}-{stamp}-{token or secrets.token_hex(3)}"
     names = {"job_name": base, "compile_job_name": f"{base}-inf2", "model_name": base, "endpoint_config_name": base}
-    bad = [name for name in names.values() if not NAME_PATTERN.match(name)]
+    bad = [name for name in names.values() if not NAME_PATTERN.match(name) or len(name) > MAX_NAME_LENGTH]
     if bad:
         raise ValueError(f"job prefix {job_prefix!r} gives invalid SageMaker names: {bad}")
     return names
@@ -172,9 +188,11 @@ def _list_keys(s3, bucket: str, prefix: str) -> list[dict[str, Any]]:
 def check_s3(s3, request: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     """Checks that the data and the base model exist (list + read config.json). Raises InputError."""
     problems = []
-    data_keys = [item for item in _list_keys(s3, settings.training_bucket, request["training_data_prefix"]) if item["Key"].endswith(".jsonl")]
-    if not data_keys:
-        problems.append(f"training_data_prefix: no *.jsonl object under s3://{settings.training_bucket}/{request['training_data_prefix']}")
+    data_keys = []
+    if not request.get("compile_only"):
+        data_keys = [item for item in _list_keys(s3, settings.training_bucket, request["training_data_prefix"]) if item["Key"].endswith(".jsonl")]
+        if not data_keys:
+            problems.append(f"training_data_prefix: no *.jsonl object under s3://{settings.training_bucket}/{request['training_data_prefix']}")
     base = request["base_model_prefix"]
     model_keys = {item["Key"][len(base):] for item in _list_keys(s3, settings.artifacts_bucket, base)}
     model_type = None
@@ -205,7 +223,7 @@ def prepare(request: Any, settings: Settings, s3, *, now: datetime | None = None
     return {
         **normalized,
         **job_names(settings.job_prefix, now=now, token=token),
-        "training_data_uri": f"s3://{settings.training_bucket}/{normalized['training_data_prefix']}",
+        "training_data_uri": NO_DATA if normalized["compile_only"] else f"s3://{settings.training_bucket}/{normalized['training_data_prefix']}",
         "base_model_uri": f"s3://{settings.artifacts_bucket}/{normalized['base_model_prefix']}",
         "checks": found,
     }

@@ -8,9 +8,16 @@ Contract with SageMaker (the training stack sets all of it):
   SM_CHANNEL_BASE_MODEL  the base model in Hugging Face layout (config.json, tokenizer,
                     *.safetensors): jobs have no hub access, weights come from S3
   SM_MODEL_DIR      output: the compiled (or merged) model, uploaded uncompressed
-  /opt/ml/checkpoints  resumable checkpoints, synced to S3 by the job's CheckpointConfig; after a
-                    Spot interruption the job restarts and resumes from the last one
   RANK, WORLD_SIZE  set by torchrun (hyperparameter sagemaker_torch_distributed_enabled=true)
+
+No resume: optimum-neuron 0.4.1 (the training image's) raises in `NeuronTrainer.train` when given
+`resume_from_checkpoint`, and a restarted job with checkpoints in `output_dir` only records the
+last one in its config, without restoring weights, optimizer or step. So the trainer writes no
+intermediate checkpoints (they could not be used) and a Spot interruption restarts training from
+step 0; the stage's `training.max_wait_hours` leaves room for that.
+
+Exit status: 0 done (or a valid dry run), 2 invalid input (arguments, data, base model; one line
+per problem, no traceback), 1 an unexpected failure while training (traceback in the job's log).
 
 `--dry_run` (or `--dry-run`) validates the data, the arguments and (when given) the base model
 folder on any machine without Neuron packages, and prints the plan as JSON. Neuron, torch,
@@ -25,6 +32,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -43,7 +51,6 @@ LOG = logging.getLogger("train")
 SPEC_PATH = HERE / "hyperparameters.json"
 SUPPORTED_MODEL_TYPES = ("llama", "qwen3")
 SERVING_TENSOR_PARALLEL_SIZES = (1, 2, 4, 8, 12, 24)
-DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"
 DEFAULT_WORK_DIR = "/opt/ml/work"  # on the job's ML storage volume, not uploaded
 EXIT_INVALID = 2
 
@@ -69,6 +76,8 @@ def _bounded(kind, entry: dict[str, Any], name: str):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name}: expected {kind.__name__}, got {text!r}") from None
+        if not math.isfinite(value):  # nan passes every comparison, inf no bound: neither is a setting
+            raise argparse.ArgumentTypeError(f"{name}: expected a finite number, got {text!r}")
         if "min" in entry and value < entry["min"] or "max" in entry and value > entry["max"]:
             raise argparse.ArgumentTypeError(f"{name}: {value} is outside {entry['min']}..{entry['max']}")
         return value
@@ -104,7 +113,6 @@ def build_parser(spec: Mapping[str, dict[str, Any]], env: Mapping[str, str]) -> 
     paths.add_argument("--train_dir", default=env.get("SM_CHANNEL_TRAIN"), help="training data folder or file (SM_CHANNEL_TRAIN)")
     paths.add_argument("--base_model_dir", default=env.get("SM_CHANNEL_BASE_MODEL"), help="base model folder (SM_CHANNEL_BASE_MODEL)")
     paths.add_argument("--model_dir", default=env.get("SM_MODEL_DIR", "/opt/ml/model"), help="output folder (SM_MODEL_DIR)")
-    paths.add_argument("--checkpoint_dir", default=DEFAULT_CHECKPOINT_DIR, help="resumable checkpoints (synced to S3)")
     paths.add_argument("--work_dir", default=DEFAULT_WORK_DIR, help="scratch: final shards, consolidated adapter, merged model")
     paths.add_argument("--neuron_cores", type=int, default=_neuron_cores(env), help="NeuronCores of the whole job (default: WORLD_SIZE, or SM_NUM_NEURONS x hosts)")
     parser.add_argument("--dry_run", "--dry-run", action="store_true", help="validate data and arguments, print the plan, train nothing")
@@ -154,7 +162,12 @@ def inspect_base_model(path: str | None, args: argparse.Namespace) -> tuple[dict
     folder = Path(path)
     if not (folder / "config.json").is_file():
         return {"checked": True, "path": str(folder)}, [f"base model: no config.json in {folder}"]
-    config = json.loads((folder / "config.json").read_text())
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        return {"checked": True, "path": str(folder)}, [f"base model: {folder / 'config.json'} is not valid JSON ({error})"]
+    if not isinstance(config, dict):
+        return {"checked": True, "path": str(folder)}, [f"base model: {folder / 'config.json'} is not a JSON object"]
     info = {
         "checked": True,
         "path": str(folder),
@@ -208,7 +221,7 @@ def make_plan(args: argparse.Namespace, report: data_format.DataReport, model: d
         "base_model": model,
         "hyperparameters": hyperparameters_of(args),
         "parallelism": {"neuron_cores": cores, "tensor_parallel": args.tensor_parallel_size, "data_parallel": data_parallel},
-        "outputs": {"checkpoints": args.checkpoint_dir, "model": args.model_dir, "work": args.work_dir},
+        "outputs": {"model": args.model_dir, "work": args.work_dir},
         "steps": ["validate", "train (LoRA)", "save shards", "consolidate adapter", "merge adapter into base", "compile for inf2" if args.compile_for_inference else "copy merged model"],
         "optimum_neuron": {"installed": installed_optimum_neuron(), "serving": args.serving_optimum_neuron_version or None},
     }
@@ -249,7 +262,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     args = parse_args(argv, env)
     plan, errors, report = validate(args)
     if args.dry_run:
-        print(json.dumps({"valid": not errors, "errors": errors, "plan": plan}, indent=2, default=str))
+        # allow_nan=False: the output is JSON for other programs, never Python's NaN/Infinity.
+        print(json.dumps({"valid": not errors, "errors": errors, "plan": plan}, indent=2, default=str, allow_nan=False))
         return EXIT_INVALID if errors else 0
     if errors:
         for error in errors:
@@ -293,7 +307,7 @@ def train(args: argparse.Namespace, report: data_format.DataReport) -> Path:
     dataset = Dataset.from_list([{"text": text} for text in texts])
 
     options = {
-        "output_dir": args.checkpoint_dir,  # the trainer resumes from the last checkpoint found here
+        "output_dir": str(Path(args.work_dir) / "trainer"),  # scratch: nothing here survives an interruption
         "do_train": True,
         "num_train_epochs": args.num_train_epochs,
         "max_steps": args.max_steps,
@@ -308,9 +322,7 @@ def train(args: argparse.Namespace, report: data_format.DataReport) -> Path:
         "zero_1": args.zero_1,
         "gradient_checkpointing": args.gradient_checkpointing,
         "logging_steps": args.logging_steps,
-        "save_strategy": "steps",
-        "save_steps": args.save_steps,
-        "save_total_limit": args.save_total_limit,
+        "save_strategy": "no",  # no resume in optimum-neuron 0.4.1: a checkpoint could not be used
         "seed": args.seed,
         "report_to": [],
         "packing": args.packing,
