@@ -29,6 +29,14 @@ diff: $(VENV)/.installed node_modules/.installed
 deploy: $(VENV)/.installed node_modules/.installed
 	$(CDK) deploy --no-notices -c stage=$(STAGE) --all
 
+# Evaluate a target over every mode x retriever x generator it has (scripts/evaluate.py; README: Evaluation):
+# `make eval URL=http://127.0.0.1:8765` (the local server) or `make eval STAGE=dev` (deployed, SigV4).
+# EVAL_ARGS adds options, e.g. EVAL_ARGS="--load-corpus" or EVAL_ARGS="--eval-set my.json --split all".
+.PHONY: eval
+eval: $(VENV)/.installed
+	@if [ -z "$(URL)" ] && [ "$(STAGE)" = "all" ]; then echo "make eval: give URL=http://127.0.0.1:PORT (a local server) or STAGE=<stage> (a deployed stage)"; exit 2; fi
+	$(PY) scripts/evaluate.py run $(if $(URL),--url $(URL),--stage $(STAGE)) $(EVAL_ARGS)
+
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	$(PYTHON) -m venv $(VENV)

@@ -210,6 +210,8 @@ def cmd_run(args) -> int:
 def _stage_config(stage: str):
     from stacks.config import ConfigError
 
+    if stage == "all":
+        raise UsageError("--stage all: evaluate one stage at a time (e.g. --stage dev)")
     try:
         return cost.stage_config(stage)
     except ConfigError as error:
