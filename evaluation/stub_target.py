@@ -48,6 +48,7 @@ class StubState:
         self.lock = threading.Lock()
         self.queries = 0
         self.bodies: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         self.documents: dict[str, tuple[str, set[str]]] = {}
         if config.corpus:
             for doc_id, document in load_corpus(config.corpus).items():
@@ -136,6 +137,7 @@ def make_handler(state: StubState):
                 state.queries += 1
                 number = state.queries
                 state.bodies.append(body)
+                state.headers.append(dict(self.headers.items()))
             if number <= state.config.throttle_first:
                 return self._send(429, {"message": "throttled", "request_id": "stub"}, {"Retry-After": "0"})
             if state.config.delay_ms:

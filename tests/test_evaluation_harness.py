@@ -320,3 +320,17 @@ def test_a_squad_format_file_runs_as_it_is(tmp_path):
     metrics = summary["configurations"][0]["metrics"]
     assert metrics["recall@1"]["value"] == 1.0  # the stub's term retrieval finds each paragraph
     assert (tmp_path / "run" / "converted" / "ATTRIBUTION.md").is_file() and (tmp_path / "run" / "report.html").is_file()
+
+
+def test_stage_requests_are_sigv4_signed_for_execute_api():
+    from botocore.credentials import Credentials
+
+    signer = client.sigv4_signer(Credentials("AKIDEXAMPLE", "secret", "token"), "eu-west-1")
+    with StubTarget(StubConfig(scripted=SCRIPT)) as stub:
+        target = client.Target(stub.url, signer=signer)
+        reply = target.query({"question": "How fast is the catamaran?", "mode": "rag"})
+        assert reply.ok and reply.body["answer"] == "26 knots [1]."
+        headers = {k.lower(): v for k, v in stub.state.headers[-1].items()}
+    assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert "/eu-west-1/execute-api/aws4_request" in headers["authorization"]
+    assert headers["x-amz-security-token"] == "token" and "x-amz-date" in headers
