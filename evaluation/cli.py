@@ -245,7 +245,7 @@ def finish(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], *, skipp
     report.write_results(out / "results.jsonl", rows)
     import pricing
 
-    meta = {**meta, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"), "prices_checked": pricing.checked()}
+    meta = {"finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"), **meta, "prices_checked": pricing.checked()}
     return {
         "run": meta,
         "configurations": configurations,

@@ -110,7 +110,11 @@ class Target:
         url = self.base + route
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.signer is not None:
-            headers = self.signer(method, url, data, headers)
+            try:
+                headers = self.signer(method, url, data, headers)
+            except Exception as error:  # expired SSO token, refresh failure, ...: stop with one line
+                raise TargetError(f"cannot sign the request with your AWS credentials ({error}): refresh them "
+                                  "(e.g. aws sso login) and run again; answers so far are cached") from None
         # A kept-alive connection the server closed meanwhile fails on first use: reconnect once.
         for reuse in (True, False):
             connection = self._connection()

@@ -95,7 +95,7 @@ def markdown(summary: dict[str, Any]) -> str:
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#1b1f24;max-width:1400px}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px}table{border-collapse:collapse;font-size:12.5px}
-th,td{border:1px solid #d0d7de;padding:4px 7px;text-align:right;white-space:nowrap}th{background:#f6f8fa}
+th,td{border:1px solid #d0d7de;padding:4px 7px;text-align:right;white-space:nowrap}th{background:#f6f8fa;white-space:normal;min-width:52px}
 td.l,th.l{text-align:left}.ci{color:#57606a;font-size:11px}.note{color:#57606a}svg{background:#fff;border:1px solid #d0d7de}
 .skip{color:#9a6700}code{background:#f6f8fa;padding:0 3px}
 """
@@ -220,7 +220,7 @@ def html_report(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
             value = entry.get("abstention_accuracy") if group == "tag:unanswerable" else entry.get("f1")
             cells.append(f"<td>{'n/a' if value is None else f'{value:.2f}'}</td>")
         count = next((c["breakdown"][group]["n"] for c in summary["configurations"] if group in c.get("breakdown", {})), 0)
-        breakdown_rows.append(f"<tr><td class=l>{_e(group)}</td><td>{count // max(1, len(summary['configurations']))}</td>{''.join(cells)}</tr>")
+        breakdown_rows.append(f"<tr><td class=l>{_e(group)}</td><td>{count}</td>{''.join(cells)}</tr>")
     fixed = summary.get("fixed_cost_per_hour") or {}
     fixed_items = "".join(f"<li>{_e(k)}: {v:.3f} USD/h</li>" for k, v in (fixed.get("items") or {}).items())
     skipped = "".join(f"<li class=skip><code>{_e(s['key'])}</code>: {_e(s['reason'])}</li>" for s in summary.get("skipped", []))
