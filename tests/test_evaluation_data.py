@@ -165,6 +165,6 @@ def test_public_sets_convert_when_present():
     import tempfile
 
     with tempfile.TemporaryDirectory() as out:
-        result = squad.convert(xquad, out, name="xquad-en")
-        assert (result.documents, result.questions) == (240, 1190)
+        result = squad.convert(xquad, out, name="xquad-en", articles=10)  # 10 of 48 articles: enough, and fast
+        assert (result.documents, result.questions, result.unanswerable) == (50, 274, 0)
         assert stats.describe(load_eval_set(result.eval_set), load_corpus(result.corpus))["overlap_mean"] > 0.6
