@@ -264,8 +264,14 @@ def execute(questions: Sequence[Question], configs: Sequence[Configuration], *, 
             progress.advance(cached=row["cached"], failed=bool(row["error"]))
         return row
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        rows = [row for row in pool.map(lambda task: work(*task), tasks) if row is not None]
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
+        futures = [pool.submit(work, config, q) for config, q in tasks]
+        rows = [row for row in (future.result() for future in futures) if row is not None]
+    except BaseException:  # Ctrl-C or a run-level error: drop what has not started (answers so far are cached)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     if fatal:
         raise TargetError(next(iter(fatal.values())))
     rows = [row for row in rows if row["config"] not in refused]

@@ -34,6 +34,7 @@ class StubConfig:
     delay_ms: float = 0.0
     throttle_first: int = 0  # this many first queries get 429 Retry-After: 0
     refuse_kb: bool = True
+    filterable: tuple[str, ...] | None = None  # None: accept any filter field
     scripted: dict[str, dict[str, Any]] = field(default_factory=dict)  # question -> {"answer", "citations"}
     generators: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "extractive": {"available": True, "model": "local:extractive", "version": None, "reason": None},
@@ -65,6 +66,10 @@ class StubState:
         question, mode = body.get("question", ""), body.get("mode", "rag")
         if mode == "kb" and self.config.refuse_kb:
             return 400, {"message": "mode 'kb' needs a deployed stage (Bedrock knowledge base)", "field": "mode", "request_id": "stub"}
+        for key in body.get("filters") or {}:
+            if self.config.filterable is not None and key not in self.config.filterable:
+                return 400, {"message": f"filters.{key}: not a filterable field; filterable: {', '.join(self.config.filterable)}",
+                             "field": f"filters.{key}", "request_id": "stub"}
         generator = body.get("generator") or "extractive"
         if generator not in self.config.generators:
             return 400, {"message": f"generator: must be one of {', '.join(self.config.generators)}", "field": "generator", "request_id": "stub"}

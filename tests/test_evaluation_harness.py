@@ -349,3 +349,11 @@ def test_a_configuration_the_target_refuses_is_skipped_whole(eval_files, tmp_pat
     assert kb_asked == 1  # refused once, not asked again for every question
     rag = summary["configurations"][0]["metrics"]
     assert rag["cost_per_1k_usd"]["value"] > 0  # Bedrock tokens priced from pricing/ even on a local target
+
+
+def test_a_target_that_cannot_filter_on_collection_stops_the_run_with_one_line(eval_files, tmp_path, capsys):
+    with StubTarget(StubConfig(scripted=SCRIPT, filterable=("category",))) as stub:
+        assert _run(eval_files, stub.url, tmp_path / "run", "--collection", "eval-mini", "--modes", "rag") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the target cannot filter on 'collection'") and "search.filterable_fields" in err
+    assert len(err.splitlines()) == 1
