@@ -3,7 +3,7 @@
 The HTTP server hands every request to the query Lambda's own handler (`query.handler.main`);
 this package supplies what the deployed stage gets from AWS: retrieval (an embedded store with
 vector and hybrid search) and generators (extractive, an optional local LLM, Bedrock when the user
-has credentials). See docs/local-mode.md.
+has credentials). See local/README.md.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from importlib import metadata
 
 import numpy as np
@@ -21,6 +22,7 @@ MODEL_NAME = "use-multilingual-v3"
 DIMENSIONS = 512
 DEFAULT_THREADS = 1
 BATCH = 64  # texts per encode call: progress granularity; the encoder batches by tokens inside
+QUERY_CACHE = 256  # recent questions: the retriever and the extractive answerer embed the same one
 
 
 class Embedder:
@@ -28,6 +30,8 @@ class Embedder:
         self.threads = threads or int(os.environ.get("LOCAL_EMBED_THREADS", DEFAULT_THREADS))
         self._model = None
         self._lock = threading.Lock()
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._encoding = threading.Lock()  # one encode at a time: the server answers on several threads
 
     @property
     def version(self) -> str:
@@ -50,10 +54,27 @@ class Embedder:
         encoder = self._encoder()
         for start in range(0, len(texts), BATCH):
             batch = texts[start : start + BATCH]
-            out[start : start + len(batch)] = encoder.encode(batch)
+            with self._encoding:
+                out[start : start + len(batch)] = encoder.encode(batch)
             if progress is not None:
                 progress(start + len(batch), len(texts))
         return out
 
     def embed_one(self, text: str) -> np.ndarray:
-        return self._encoder().encode([text])[0].astype(np.float32, copy=False)
+        encoder = self._encoder()
+        with self._encoding:
+            return encoder.encode([text])[0].astype(np.float32, copy=False)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """`embed_one` with a small LRU cache (a request embeds its question once)."""
+        with self._lock:
+            cached = self._queries.get(text)
+            if cached is not None:
+                self._queries.move_to_end(text)
+                return cached
+        vector = self.embed_one(text)
+        with self._lock:
+            self._queries[text] = vector
+            while len(self._queries) > QUERY_CACHE:
+                self._queries.popitem(last=False)
+        return vector

@@ -14,7 +14,7 @@ sentence, then the sentence right after it in the same passage if it shares a qu
 scores at least FOLLOWER_RATIO of it, then others within RUNNER_UP_RATIO of it that share a
 question term, MAX_SENTENCES at most, each followed by its passage's [n] marker.
 It abstains when the best score is below MIN_SCORE, calibrated on questions with and without
-an answer in the corpus (docs/local-mode.md gives the figures).
+an answer in the corpus (local/README.md gives the figures).
 """
 
 from __future__ import annotations

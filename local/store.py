@@ -9,7 +9,7 @@ when it differs, the index is rebuilt from scratch.
 
 Search (`Index`): a snapshot loaded into memory. Vector search is exact brute force (one matrix
 product over all chunk vectors); BM25 runs on an inverted index of term postings built at load.
-docs/local-mode.md has the measurements behind this choice (brute force against HNSW libraries,
+local/README.md has the measurements behind this choice (brute force against HNSW libraries,
 SQLite FTS5 against the in-memory postings).
 """
 

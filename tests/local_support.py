@@ -61,3 +61,5 @@ class FakeEmbedder:
 
     def embed_one(self, text: str) -> np.ndarray:
         return self._vector(text)
+
+    embed_query = embed_one

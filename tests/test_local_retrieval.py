@@ -18,7 +18,8 @@ from tests.local_support import DEFAULT_CHUNKS, FakeEmbedder, real_embedder, sam
 
 def test_token_count_follows_the_documented_rules():
     assert textlib.count_tokens("the") == 1  # a short word: one token
-    assert textlib.count_tokens("encryption") == 2  # ceil(10 / 5)
+    assert textlib.count_tokens("encryption") == 2  # ceil(10 / 7)
+    assert textlib.count_tokens("internationalization") == 3  # ceil(20 / 7)
     assert textlib.count_tokens("2026") == 2  # ceil(4 / 3)
     assert textlib.count_tokens("a, b.") == 4  # words and punctuation
     assert textlib.count_tokens("東京は日本") == 5  # one token per character of an unspaced script
