@@ -58,7 +58,7 @@ def request_overhead(requests: int) -> dict[str, dict[str, float]]:
             settings,
             stream,
         )
-        from query import handler
+        from query import aws_backend, handler
         from shared.opensearch_http import OpenSearchResponse
 
         hits = OpenSearchResponse(200, {"hits": {"hits": [
@@ -78,7 +78,7 @@ def request_overhead(requests: int) -> dict[str, dict[str, float]]:
             clients, stubs = make_clients(s)
             for stub in (stubs.agent, stubs.runtime, stubs.sagemaker):
                 stub.activate()
-            handler.configure(s, clients)
+            handler.configure(settings=s, backend=aws_backend.build(s, clients))
             samples = []
             for i in range(requests + 50):
                 if body.get("retriever") == "opensearch":
@@ -105,7 +105,7 @@ def request_overhead(requests: int) -> dict[str, dict[str, float]]:
                 "p95_ms": round(samples[int(len(samples) * 0.95)], 3),
                 "p99_ms": round(samples[int(len(samples) * 0.99)], 3),
             }
-        handler.configure(None, None)
+        handler.configure()
         return results
     finally:
         sys.stdout.close()

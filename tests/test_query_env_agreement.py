@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from query import handler, service
+from query import aws_backend, handler
 from query.settings import Settings
 from tests.test_query_helpers import endpoint_response, converse_response, event, make_clients, retrieve_response
 
@@ -77,17 +77,19 @@ def test_the_handler_reads_every_variable_the_template_sets_and_needs_no_other(t
 def test_the_handler_serves_with_exactly_the_template_environment(template_env, monkeypatch):
     stage, env = template_env
     monkeypatch.setattr("os.environ", dict(env))
-    handler.configure(None, None)
+    handler.configure()
     try:
         health = handler.main(event(method="GET", resource="/health"), None)
         assert health["statusCode"] == 200, health
         body = json.loads(health["body"])
-        assert body["generator"] == stage.serving.generator and body["default_retriever"] == stage.serving.default_retriever
+        expected = {"endpoint": "finetuned", "bedrock": "bedrock"}[stage.serving.generator]
+        assert body["default_generator"] == expected and body["generators"][expected]["available"] is True
+        assert body["default_retriever"] == stage.serving.default_retriever
 
         settings = handler._settings  # made by the handler from the environment above
         clients, stubs = make_clients(settings)
-        assert isinstance(clients, service.Clients)
-        handler.configure(settings, clients)
+        assert isinstance(clients, aws_backend.AwsClients)
+        handler.configure(settings=settings, backend=aws_backend.build(settings, clients))
         stubs.agent.add_response("retrieve", retrieve_response("Fact one."), {
             "knowledgeBaseId": "KBIMPORTED", "retrievalQuery": {"text": "q?"},
             "retrievalConfiguration": {"vectorSearchConfiguration": {"numberOfResults": stage.serving.default_top_k, "overrideSearchType": "SEMANTIC"}},
@@ -105,7 +107,7 @@ def test_the_handler_serves_with_exactly_the_template_environment(template_env, 
         stubs.verify()
         assert json.loads(response["body"])["citations"][0]["n"] == 1
     finally:
-        handler.configure(None, None)
+        handler.configure()
 
 
 class _AnyBody:

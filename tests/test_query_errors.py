@@ -9,7 +9,7 @@ import types
 import pytest
 from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
-from query import handler, service
+from query import aws_backend, handler
 from shared import aws_clients
 from shared.opensearch_http import OpenSearchResponse, OpenSearchTimeout
 from tests.test_query_helpers import (  # noqa: F401  (wired is a fixture)
@@ -211,13 +211,13 @@ class _Raises:
 )
 def test_transport_failures_and_bugs_are_mapped(error, status):
     s = settings()
-    clients = service.Clients(s)
+    clients = aws_backend.AwsClients(s)
     clients.retrieval = _Raises(error)
-    handler.configure(s, clients)
+    handler.configure(settings=s, backend=aws_backend.build(s, clients))
     try:
         got, response, _ = call({"question": Q})
     finally:
-        handler.configure(None, None)
+        handler.configure()
     assert got == status
     assert "internal detail" not in json.dumps(response) and "x" != response["message"]
 
@@ -225,21 +225,21 @@ def test_transport_failures_and_bugs_are_mapped(error, status):
 def test_a_broken_environment_is_500_with_the_detail_only_in_the_log(monkeypatch, caplog):
     for name in ENV:
         monkeypatch.delenv(name, raising=False)
-    handler.configure(None, None)
+    handler.configure()
     got, response, _ = call({"question": Q})
-    assert got == 500 and "GENERATOR" not in response["message"] and response["request_id"] == "req-123"
-    assert any("environment variable GENERATOR is missing" in str(getattr(r, "error", "")) for r in caplog.records)
+    assert got == 500 and "AWS_REGION" not in response["message"] and response["request_id"] == "req-123"
+    assert any("environment variable AWS_REGION is missing" in str(getattr(r, "error", "")) for r in caplog.records)
 
 
 def test_clients_have_explicit_timeouts_and_standard_retries(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    clients = service.Clients(settings())
+    clients = aws_backend.AwsClients(settings())
     for client, read_timeout, attempts in ((clients.retrieval, 5.0, 3), (clients.bedrock, 20.0, 2), (clients.endpoint, 20.0, 2)):
         config = client.meta.config
         assert config.connect_timeout == aws_clients.CONNECT_TIMEOUT_S and config.read_timeout == read_timeout
         assert config.retries == {"mode": "standard", "total_max_attempts": attempts}
-    assert service.Clients(settings()).retrieval is clients.retrieval  # one per container
+    assert aws_backend.AwsClients(settings()).retrieval is clients.retrieval  # one per container
 
 
 def test_the_deadline_stops_an_attempt_that_could_outlive_the_function(monkeypatch):
@@ -259,7 +259,7 @@ def test_the_opensearch_call_gets_at_most_the_time_left(monkeypatch):
     seen = {}
     monkeypatch.setattr("shared.opensearch_http.signed_request", lambda **kw: seen.update(kw) or OpenSearchResponse(200, {}))
     monkeypatch.setattr(aws_clients, "credentials", lambda: None)
-    search = service.Clients(settings()).search
+    search = aws_backend.AwsClients(settings()).search
     aws_clients.set_deadline(types.SimpleNamespace(get_remaining_time_in_millis=lambda: 3000))
     try:
         search("/i/_search", {})

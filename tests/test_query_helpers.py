@@ -17,7 +17,7 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from query import handler, service
+from query import aws_backend, handler
 from query.settings import Settings
 from shared.opensearch_http import OpenSearchResponse
 
@@ -102,9 +102,9 @@ class Stubs:
         assert not self.search.responses, "queued OpenSearch responses were not used"
 
 
-def make_clients(s: Settings) -> tuple[service.Clients, Stubs]:
+def make_clients(s: Settings) -> tuple[aws_backend.AwsClients, Stubs]:
     agent, runtime, sagemaker = raw_client("bedrock-agent-runtime"), raw_client("bedrock-runtime"), raw_client("sagemaker-runtime")
-    clients = service.Clients(s)
+    clients = aws_backend.AwsClients(s)
     # cached_property: presetting the attribute replaces the lazily-made real client
     clients.retrieval = clients.managed_rag = agent
     clients.embedding = clients.bedrock = runtime
@@ -124,7 +124,7 @@ def wired():
         clients, stubs = make_clients(s)
         for stub in (stubs.agent, stubs.runtime, stubs.sagemaker):
             stub.activate()
-        handler.configure(s, clients)
+        handler.configure(settings=s, backend=aws_backend.build(s, clients))
         created.append(stubs)
         return stubs
 
@@ -132,7 +132,7 @@ def wired():
     for stubs in created:
         for stub in (stubs.agent, stubs.runtime, stubs.sagemaker):
             stub.deactivate()
-    handler.configure(None, None)
+    handler.configure()
 
 
 def event(body: Any = None, *, method: str = "POST", resource: str = "/query", raw: str | None = None) -> dict:
@@ -203,4 +203,4 @@ def client_error(stub: Stubber, method: str, code: str, status: int = 400) -> No
 
 def test_settings_match_the_stub_environment():
     s = settings()
-    assert s.generator == "endpoint" and s.filterable_fields == ("category", "year") and s.endpoint_sequence_length == 4096
+    assert s.default_generator == "finetuned" and s.filterable_fields == ("category", "year") and s.endpoint_sequence_length == 4096

@@ -62,7 +62,8 @@ def test_rag_kb_retriever_endpoint_generator_returns_only_cited_sources_in_order
     stubs.verify()
     assert [c["n"] for c in body["citations"]] == [3, 1]  # order of first citation; [9] names no source
     assert body["citations"][0] == {"n": 3, "source": "s3://docs/doc3.md", "score": 0.6, "excerpt": "Use EnableKeyRotation."}
-    assert body["mode"] == "rag" and body["model"] == "sagemaker:RagDev-generator"
+    assert body["mode"] == "rag" and body["model"] == "sagemaker:RagDev-generator/finetuned"
+    assert body["generator"] == "finetuned" and body["model_version"] is None
     assert body["usage"] == {"input_tokens": 120, "output_tokens": 30}
     assert set(body["timings_ms"]) == {"retrieve", "generate", "total"}
     assert body["timings_ms"]["total"] >= body["timings_ms"]["generate"]

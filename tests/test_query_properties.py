@@ -16,7 +16,7 @@ from botocore.response import StreamingBody
 from botocore.validate import validate_parameters
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from query import handler, service
+from query import aws_backend, handler
 from query.settings import MODES, RETRIEVERS
 from shared.opensearch_http import OpenSearchResponse
 from tests.test_query_helpers import ENV, event, settings
@@ -62,11 +62,11 @@ _ANSWERS = {
 
 def _configure(generator: str) -> None:
     s = settings(GENERATOR=generator)
-    clients = service.Clients(s)
+    clients = aws_backend.AwsClients(s)
     fake = ValidatingFake()
     clients.retrieval = clients.managed_rag = clients.embedding = clients.bedrock = clients.endpoint = fake
     clients.search = lambda path, body: (json.dumps(body, allow_nan=False), OpenSearchResponse(200, {"hits": {"hits": []}}))[1]
-    handler.configure(s, clients)
+    handler.configure(settings=s, backend=aws_backend.build(s, clients))
 
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
@@ -88,7 +88,7 @@ def _check(response: dict) -> dict:
     assert response["statusCode"] < 500, response
     body = json.loads(response["body"])
     if response["statusCode"] == 200:
-        assert set(body) == {"answer", "citations", "mode", "model", "timings_ms", "usage"}
+        assert set(body) == {"answer", "citations", "mode", "generator", "model", "model_version", "timings_ms", "usage"}
         assert all(c["n"] >= 1 for c in body["citations"])
     else:
         assert body["message"].startswith(f"{body['field']}:") and body["request_id"] == "req-123"
@@ -103,7 +103,7 @@ def test_random_json_bodies_never_produce_a_5xx(body, generator):
         text = json.dumps(body)  # NaN/Infinity appear as bare words, which must be a 400
         _check(handler.main(event(raw=text), None))
     finally:
-        handler.configure(None, None)
+        handler.configure()
 
 
 @hsettings(max_examples=100, deadline=None)
@@ -115,7 +115,7 @@ def test_random_raw_bodies_never_produce_a_5xx(raw, b64):
         evt["isBase64Encoded"] = b64
         _check(handler.main(evt, None))
     finally:
-        handler.configure(None, None)
+        handler.configure()
 
 
 def test_the_strategies_reach_valid_requests():
@@ -125,5 +125,5 @@ def test_the_strategies_reach_valid_requests():
         body = _check(handler.main(event({"question": "q?", "filters": {"year": [2024]}, "retriever": "opensearch"}), None))
         assert body["answer"] == "Answer [1]." and not math.isnan(body["timings_ms"]["total"])
     finally:
-        handler.configure(None, None)
+        handler.configure()
     assert ENV["FILTERABLE_FIELDS"] == "category,year"

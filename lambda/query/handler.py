@@ -1,8 +1,9 @@
 """Query function entry: API Gateway proxy event -> validate -> answer -> JSON response.
 
-Routes: POST /query (the serving path) and GET /health (configuration check, no model call).
+Routes: POST /query (the serving path) and GET /health (what is deployed, no model call).
 Every outcome is a JSON response; failures are mapped by `shared.api.classify` and their detail
-is logged, never returned. Settings and clients are made once per container, on first use.
+is logged, never returned. Settings and the backend are made once per container, on first use
+(from the environment and AWS clients); `configure` replaces them (tests, local mode).
 """
 
 from __future__ import annotations
@@ -19,22 +20,24 @@ from . import prompts, request as query_request, service
 from .settings import Settings
 
 _settings: Settings | None = None
-_clients: service.Clients | None = None
+_backend: service.Backend | None = None
 
 
-def configure(settings: Settings | None = None, clients: service.Clients | None = None) -> None:
-    """Replaces this container's settings and clients (tests); None resets to lazy defaults."""
-    global _settings, _clients
-    _settings, _clients = settings, clients
+def configure(*, settings: Settings | None = None, backend: service.Backend | None = None) -> None:
+    """Sets this container's settings and backend (tests, local mode); None resets to the deployed defaults."""
+    global _settings, _backend
+    _settings, _backend = settings, backend
 
 
-def _runtime() -> tuple[Settings, service.Clients]:
-    global _settings, _clients
+def _runtime() -> tuple[Settings, service.Backend]:
+    global _settings, _backend
     if _settings is None:
         _settings = Settings.from_env()
-    if _clients is None:
-        _clients = service.Clients(_settings)
-    return _settings, _clients
+    if _backend is None:
+        from . import aws_backend  # the deployed backend; local mode configures its own
+
+        _backend = aws_backend.build(_settings)
+    return _settings, _backend
 
 
 def main(event: Any, context: Any) -> dict:
@@ -46,16 +49,17 @@ def main(event: Any, context: Any) -> dict:
         if not isinstance(event, dict):
             raise api.ApiError(400, "event: not an API Gateway request", field="event")
         route = (event.get("httpMethod"), event.get("resource") or event.get("path"))
-        settings, clients = _runtime()
+        settings, backend = _runtime()
         if route == ("GET", "/health"):
-            return api.json_response(200, _health(settings), request_id=request_id)
+            return api.json_response(200, service.health(settings, backend), request_id=request_id)
         if route != ("POST", "/query"):
             raise api.ApiError(404, "no such route; use POST /query or GET /health")
-        req = query_request.validate(query_request.parse_body(event), settings)
+        req = query_request.validate(query_request.parse_body(event), settings, tuple(backend.generators))
         fields.update(mode=req.mode, retriever=req.retriever if req.mode == "rag" else None, top_k=req.top_k,
                       question_chars=len(req.question), filters=sorted(req.filters))
-        body = service.answer(req, settings, clients)
-        fields.update(model=body["model"], cited=[c["n"] for c in body["citations"]], timings_ms=body["timings_ms"], usage=body["usage"])
+        body = service.answer(req, settings, backend, observe=fields)
+        fields.update(model=body["model"], model_version=body["model_version"], cited=[c["n"] for c in body["citations"]],
+                      timings_ms=body["timings_ms"], usage=body["usage"])
         _record(200, started, fields)
         return api.json_response(200, body, request_id=request_id)
     except Exception as error:  # every failure becomes a mapped response; detail only in logs
@@ -72,16 +76,6 @@ def _failure(error: Exception, request_id: str, started: float, fields: dict) ->
         print(json.dumps({"level": "ERROR", "message": "failed while reporting a failure", "request_id": request_id,
                           "error_type": type(error).__name__, "secondary_error_type": type(secondary).__name__}))
         return api.error_response(500, api.GENERIC_MESSAGE, request_id=request_id)
-
-
-def _health(settings: Settings) -> dict:
-    return {
-        "status": "ok",
-        "prompt_version": prompts.PROMPT_VERSION,
-        "generator": settings.generator,
-        "model": settings.generation_model,
-        "default_retriever": settings.default_retriever,
-    }
 
 
 def _record(status: int, started: float, fields: dict, *, log: bool = True) -> None:

@@ -1,7 +1,9 @@
 """Parses and validates a query request; every rejection is a 400 whose message names the field.
 
 Body: {"question": str, "mode": "rag"|"kb"|"prompt", "retriever": "kb"|"opensearch",
-       "top_k": int, "filters": {field: scalar | [scalars]}}; only `question` is required.
+       "top_k": int, "filters": {field: scalar | [scalars]}, "generator": str}; only `question`
+is required. `generator` must be a name the target knows (deployed: bedrock, base, finetuned);
+mode kb accepts only `bedrock`.
 The API's request model (Serving stack) checks the same shape first; this is the authority,
 because the function can also be invoked directly.
 """
@@ -14,13 +16,15 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from shared.api import ApiError
 
-from .settings import MODES, RETRIEVERS, Settings
+from .settings import DEPLOYED_GENERATORS, MODES, RETRIEVERS, Settings
 
-FIELDS = ("question", "mode", "retriever", "top_k", "filters")
+FIELDS = ("question", "mode", "retriever", "top_k", "filters", "generator")
+# The one generator of mode kb (Bedrock's RetrieveAndGenerate).
+KB_MODE_GENERATOR = "bedrock"
 MAX_BODY_BYTES = 64 * 1024
 MAX_FILTER_VALUES = 20
 MAX_FILTER_TEXT = 256
@@ -35,6 +39,7 @@ class QueryRequest:
     retriever: str
     top_k: int
     filters: dict[str, Any]
+    generator: Optional[str] = None  # None = the configured default
 
 
 def bad(field: str, message: str) -> ApiError:
@@ -65,7 +70,8 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def validate(body: Any, settings: Settings) -> QueryRequest:
+def validate(body: Any, settings: Settings, generators: Sequence[str] = DEPLOYED_GENERATORS) -> QueryRequest:
+    """A QueryRequest, or ApiError(400) naming the field. `generators`: the names the target knows."""
     if not isinstance(body, dict):
         raise bad("body", "must be a JSON object")
     unknown = sorted(set(body) - set(FIELDS))
@@ -99,7 +105,12 @@ def validate(body: Any, settings: Settings) -> QueryRequest:
     filters = _filters(body.get("filters", {}), settings)
     if filters and mode == "prompt":
         raise bad("filters", "mode 'prompt' does not retrieve; filters do not apply")
-    return QueryRequest(question=question, mode=mode, retriever=retriever, top_k=top_k, filters=filters)
+    generator = body.get("generator")
+    if generator is not None:
+        generator = _choice(body, "generator", tuple(generators), "")
+        if mode == "kb" and generator != KB_MODE_GENERATOR:
+            raise bad("generator", f"mode 'kb' always uses {KB_MODE_GENERATOR!r} (Bedrock's managed RAG); omit it or use {KB_MODE_GENERATOR!r}")
+    return QueryRequest(question=question, mode=mode, retriever=retriever, top_k=top_k, filters=filters, generator=generator)
 
 
 def _name(key: str) -> str:

@@ -1,193 +1,212 @@
-"""The three modes: rag (retrieve -> prompt -> generate), kb (RetrieveAndGenerate), prompt (baseline).
+"""The three modes: rag (retrieve -> prompt -> generate), kb (managed RAG), prompt (baseline).
 
-`answer()` takes its clients as an argument (`Clients`), so tests give it botocore clients
-wrapped in Stubbers and a fake OpenSearch transport; in Lambda, `Clients` makes the real ones
-lazily, once per container, through `shared.aws_clients`.
+`answer()` works on a `Backend`: named retrievers, named generators (in preference order) and an
+optional managed RAG call. The deployed Lambda builds one from AWS clients
+(`query.aws_backend.build`), local mode from local parts; tests give it stubbed clients. Nothing
+here imports boto3 or knows which target it serves.
+
+A generator reports its `GeneratorStatus` (is it available, which model and version, why not,
+its context window); a request names a generator or gets the configured default (`auto` = the
+first available one, in the backend's order). A known generator that is not available is a 503
+whose message is the status's `reason` (what is missing and how to get it).
 """
 
 from __future__ import annotations
 
 import time
-from functools import cached_property
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
-from shared import aws_clients, opensearch_http
+from shared.api import ApiError
 from shared.endpoint_codec import Generation
 
-from . import citations, generators, prompts, retrievers
+from . import budget, citations, prompts
 from .request import QueryRequest
-from .settings import Settings
+from .settings import AUTO, Settings, SettingsError
 
-# The Inferentia2 model's context is bounded; keep prompt + answer inside it (rough 3 chars/token).
-CHARS_PER_TOKEN = 3
+# Retry-After of a 503 for a generator that is not available, unless its status says otherwise.
+UNAVAILABLE_RETRY_AFTER_S = 30
+KB_MODE_NEEDS_DEPLOYED_STAGE = "mode 'kb' needs a deployed stage (Bedrock knowledge base)"
 
-
-class Clients:
-    """The clients a request may need, each made on first use (cached_property: tests preset them)."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-
-    def _client(self, service: str, read_timeout: float, max_attempts: int):
-        return aws_clients.client(service, read_timeout=read_timeout, max_attempts=max_attempts, region=self.settings.region)
-
-    @cached_property
-    def retrieval(self):  # bedrock-agent-runtime Retrieve
-        return self._client("bedrock-agent-runtime", self.settings.retrieval_timeout_s, 3)
-
-    @cached_property
-    def managed_rag(self):  # bedrock-agent-runtime RetrieveAndGenerate (retrieval + generation)
-        return self._client("bedrock-agent-runtime", self.settings.generation_timeout_s, 2)
-
-    @cached_property
-    def embedding(self):  # bedrock-runtime InvokeModel on the embedding model
-        return self._client("bedrock-runtime", self.settings.retrieval_timeout_s, 3)
-
-    @cached_property
-    def bedrock(self):  # bedrock-runtime Converse
-        return self._client("bedrock-runtime", self.settings.generation_timeout_s, 2)
-
-    @cached_property
-    def endpoint(self):  # sagemaker-runtime InvokeEndpoint
-        return self._client("sagemaker-runtime", self.settings.generation_timeout_s, 2)
-
-    @cached_property
-    def search(self):
-        """`search(path, body) -> OpenSearchResponse`: a SigV4-signed POST to the domain."""
-        settings = self.settings
-
-        def search(path: str, body: dict):
-            timeout = settings.retrieval_timeout_s
-            left = aws_clients.remaining_s()
-            if left is not None:
-                aws_clients.check_time(1.0, "OpenSearch search")
-                timeout = min(timeout, left)
-            return opensearch_http.signed_request(
-                endpoint=settings.opensearch_endpoint,
-                method="POST",
-                path=path,
-                region=settings.region,
-                credentials=aws_clients.credentials(),
-                body=body,
-                timeout_s=timeout,
-            )
-
-        return search
+Retriever = Callable[..., "list[prompts.Passage]"]  # retriever(question=str, top_k=int, filters=dict)
 
 
-def answer(request: QueryRequest, settings: Settings, clients: Clients) -> dict[str, Any]:
-    """The response body for a valid request (raises on AWS failures; the handler maps them)."""
+@dataclass(frozen=True)
+class GeneratorStatus:
+    """What a generator can do right now. `reason` (when not available) says what is missing and how to get it."""
+
+    name: str
+    available: bool
+    model: Optional[str]  # e.g. "sagemaker:ragdev-generator/finetuned", "amazon.nova-lite-v1:0", "local:extractive"
+    version: Optional[str]  # e.g. "7" (model registry version), or None
+    reason: Optional[str]
+    context_tokens: Optional[int]  # the model's context window (prompt + answer), tokens; None = unbounded
+    retry_after_s: Optional[int] = None  # for a 503 while unavailable (e.g. the endpoint is being created)
+
+
+class Generator(Protocol):
+    def status(self) -> GeneratorStatus: ...
+
+    def generate(
+        self, prompt: prompts.Prompt, *, question: str, passages: Sequence[prompts.Passage], max_tokens: int, temperature: float
+    ) -> Generation: ...
+
+
+@dataclass(frozen=True)
+class ManagedAnswer:
+    """Mode kb's result: the answer with [n] markers, its citations, and the model that wrote it."""
+
+    text: str
+    citations: list[dict[str, Any]]
+    model: str
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+
+
+@dataclass
+class Backend:
+    """What answers requests on one target.
+
+    `managed_rag(question=, top_k=, filters=, max_tokens=, temperature=) -> ManagedAnswer` serves
+    mode kb with generator `bedrock`; None = mode kb answers 400.
+    """
+
+    retrievers: Mapping[str, Retriever]
+    generators: Mapping[str, Generator]  # preference order of `auto`
+    managed_rag: Optional[Callable[..., ManagedAnswer]] = None
+
+
+class GeneratorUnavailable(ApiError):
+    """A known generator that cannot answer now: 503 with its reason and a Retry-After."""
+
+    def __init__(self, status: GeneratorStatus):
+        retry = status.retry_after_s or UNAVAILABLE_RETRY_AFTER_S
+        reason = status.reason or f"generator {status.name!r} is not available"
+        super().__init__(503, reason, field="generator", headers={"Retry-After": str(retry)})
+        self.generator_status = status
+
+
+@dataclass(frozen=True)
+class Chosen:
+    name: str
+    generator: Generator
+    status: GeneratorStatus
+
+
+def choose_generator(requested: Optional[str], settings: Settings, backend: Backend) -> Chosen:
+    """The generator a request gets: the named one, else the configured default (`auto`: first available)."""
+    name = requested or settings.default_generator
+    if name == AUTO:
+        statuses = []
+        for candidate, generator in backend.generators.items():
+            status = generator.status()
+            if status.available:
+                return Chosen(candidate, generator, status)
+            statuses.append(status)
+        if not statuses:
+            raise SettingsError("the backend has no generators")
+        reasons = "; ".join(f"{s.name}: {s.reason or 'not available'}" for s in statuses)
+        retry = min((s.retry_after_s for s in statuses if s.retry_after_s), default=None)
+        raise GeneratorUnavailable(GeneratorStatus("auto", False, None, None, f"no generator is available: {reasons}", None, retry))
+    generator = backend.generators.get(name)
+    if generator is None:  # request names are checked against the backend first: this is the default's fault
+        raise SettingsError(f"default generator {name!r} is not one of {tuple(backend.generators)}")
+    status = generator.status()
+    if not status.available:
+        raise GeneratorUnavailable(status)
+    return Chosen(name, generator, status)
+
+
+def default_generator_name(settings: Settings, backend: Backend) -> Optional[str]:
+    """The name `auto` (or the configured default) resolves to now, or None if it is not available."""
+    try:
+        return choose_generator(None, settings, backend).name
+    except GeneratorUnavailable:
+        return None
+
+
+def health(settings: Settings, backend: Backend) -> dict[str, Any]:
+    """GET /health: what this target serves (no model is called; statuses may be cached)."""
+    statuses = {name: generator.status() for name, generator in backend.generators.items()}
+    default = settings.default_generator
+    if default == AUTO:
+        default = next((name for name, status in statuses.items() if status.available), None)
+    elif default in statuses and not statuses[default].available:
+        default = None
+    return {
+        "status": "ok",
+        "prompt_version": prompts.PROMPT_VERSION,
+        "default_generator": default,
+        "default_generator_setting": settings.default_generator,
+        "default_retriever": settings.default_retriever,
+        "retrievers": list(backend.retrievers),
+        "modes": [mode for mode in ("rag", "kb", "prompt") if mode != "kb" or backend.managed_rag is not None],
+        "generators": {
+            name: {"available": s.available, "model": s.model, "version": s.version, "reason": s.reason}
+            for name, s in statuses.items()
+        },
+    }
+
+
+def answer(request: QueryRequest, settings: Settings, backend: Backend, *, observe: Optional[dict] = None) -> dict[str, Any]:
+    """The response body for a valid request (raises on failures; the handler maps them).
+
+    `observe`, if given, receives `generator` as soon as it is known (for metrics and logs).
+    """
+    observe = {} if observe is None else observe
     started = time.perf_counter()
-    retrieve_ms = 0.0
+    retrieve_ms: Optional[float] = None
     if request.mode == "kb":
+        if backend.managed_rag is None:
+            raise ApiError(400, f"mode: {KB_MODE_NEEDS_DEPLOYED_STAGE}", field="mode")
+        observe["generator"] = "bedrock"
         generate_started = time.perf_counter()
-        text, cited, usage = _managed_rag(request, settings, clients)
+        managed = backend.managed_rag(
+            question=request.question, top_k=request.top_k, filters=request.filters,
+            max_tokens=settings.max_new_tokens, temperature=settings.temperature,
+        )
         generate_ms = _ms(generate_started)
-        model = settings.kb_model
+        text, cited, generator_name, model, version = managed.text, managed.citations, "bedrock", managed.model, None
+        usage = {"input_tokens": managed.input_tokens, "output_tokens": managed.output_tokens}
     else:
+        observe["generator"] = request.generator or "none"
+        chosen = choose_generator(request.generator, settings, backend)
+        observe["generator"] = chosen.name
         passages: list[prompts.Passage] = []
         if request.mode == "rag":
+            retriever = backend.retrievers.get(request.retriever)
+            if retriever is None:
+                raise ApiError(400, f"retriever: must be one of: {', '.join(backend.retrievers)}", field="retriever")
             retrieve_started = time.perf_counter()
-            passages = _retrieve(request, settings, clients)
+            retrieved = retriever(question=request.question, top_k=request.top_k, filters=request.filters)
             retrieve_ms = _ms(retrieve_started)
-            prompt = prompts.rag_prompt(request.question, fit(passages, request.question, settings))
+            passages = budget.fit(retrieved, request.question, chosen.status, settings.max_new_tokens)
+            prompt = prompts.rag_prompt(request.question, passages)
         else:
             prompt = prompts.baseline_prompt(request.question)
         generate_started = time.perf_counter()
-        generation = _generate(prompt, settings, clients)
+        generation = chosen.generator.generate(
+            prompt, question=request.question, passages=passages, max_tokens=settings.max_new_tokens, temperature=settings.temperature
+        )
         generate_ms = _ms(generate_started)
         text = generation.text
         cited = citations.rag_citations(text, passages) if request.mode == "rag" else []
         usage = {"input_tokens": generation.input_tokens, "output_tokens": generation.output_tokens}
-        model = settings.generation_model
+        generator_name, model, version = chosen.name, chosen.status.model, chosen.status.version
     return {
         "answer": text,
         "citations": cited,
         "mode": request.mode,
+        "generator": generator_name,
         "model": model,
-        "timings_ms": {"retrieve": round(retrieve_ms, 1), "generate": round(generate_ms, 1), "total": round(_ms(started), 1)},
+        "model_version": version,
+        "timings_ms": {
+            "retrieve": round(retrieve_ms or 0.0, 1),
+            "generate": round(generate_ms, 1),
+            "total": round(_ms(started), 1),
+        },
         "usage": usage,
     }
-
-
-def _retrieve(request: QueryRequest, settings: Settings, clients: Clients) -> list[prompts.Passage]:
-    if request.retriever == "kb":
-        return retrievers.retrieve_kb(
-            clients.retrieval,
-            knowledge_base_id=settings.knowledge_base_id,
-            question=request.question,
-            top_k=request.top_k,
-            filters=request.filters,
-        )
-    return retrievers.retrieve_opensearch(
-        clients.search,
-        clients.embedding,
-        index=settings.opensearch_index,
-        pipeline=settings.search_pipeline,
-        embedding_model_id=settings.embedding_model_id,
-        dimensions=settings.embedding_dimensions,
-        vector_field=settings.vector_field,
-        text_field=settings.text_field,
-        metadata_field=settings.metadata_field,
-        question=request.question,
-        top_k=request.top_k,
-        filters=request.filters,
-    )
-
-
-def fit(passages: list[prompts.Passage], question: str, settings: Settings) -> list[prompts.Passage]:
-    """Drops the lowest-ranked passages until the prompt plus the answer fit the endpoint's context."""
-    if settings.generator != "endpoint" or not settings.endpoint_sequence_length:
-        return passages
-    budget = (settings.endpoint_sequence_length - settings.max_new_tokens) * CHARS_PER_TOKEN
-    fixed = len(prompts.RAG_SYSTEM) + len(prompts.RAG_USER) + len(question)
-    kept: list[prompts.Passage] = []
-    used = fixed
-    for passage in passages:
-        cost = len(passage.text) + len(passage.source) + 40
-        if kept and used + cost > budget:
-            break
-        kept.append(passage)
-        used += cost
-    return kept
-
-
-def _generate(prompt: prompts.Prompt, settings: Settings, clients: Clients) -> Generation:
-    if settings.generator == "endpoint":
-        return generators.generate_endpoint(
-            clients.endpoint,
-            endpoint_name=settings.endpoint_name,
-            served_model=settings.endpoint_model,
-            prompt=prompt,
-            max_tokens=settings.max_new_tokens,
-            temperature=settings.temperature,
-        )
-    return generators.generate_bedrock(
-        clients.bedrock, model_id=settings.bedrock_model_arn, prompt=prompt, max_tokens=settings.max_new_tokens, temperature=settings.temperature
-    )
-
-
-def _managed_rag(request: QueryRequest, settings: Settings, clients: Clients):
-    vector_search: dict[str, Any] = {"numberOfResults": request.top_k, "overrideSearchType": "SEMANTIC"}
-    condition = retrievers.kb_filter(request.filters)
-    if condition:
-        vector_search["filter"] = condition
-    response = clients.managed_rag.retrieve_and_generate(
-        input={"text": request.question},
-        retrieveAndGenerateConfiguration={
-            "type": "KNOWLEDGE_BASE",
-            "knowledgeBaseConfiguration": {
-                "knowledgeBaseId": settings.knowledge_base_id,
-                "modelArn": settings.bedrock_model_arn,
-                "retrievalConfiguration": {"vectorSearchConfiguration": vector_search},
-                "generationConfiguration": {
-                    "inferenceConfig": {"textInferenceConfig": {"maxTokens": settings.max_new_tokens, "temperature": settings.temperature}}
-                },
-            },
-        },
-    )
-    text, cited = citations.kb_answer_and_citations(response)
-    return text, cited, {"input_tokens": None, "output_tokens": None}
 
 
 def _ms(since: float) -> float:
