@@ -30,7 +30,7 @@ deploy: $(VENV)/.installed node_modules/.installed
 	$(CDK) deploy --no-notices -c stage=$(STAGE) --all
 
 # Evaluate a target over every mode x retriever x generator it has (scripts/evaluate.py; README: Evaluation):
-# `make eval URL=http://127.0.0.1:8765` (the local server) or `make eval STAGE=dev` (deployed, SigV4).
+# `make eval URL=http://127.0.0.1:8787` (the local server) or `make eval STAGE=dev` (deployed, SigV4).
 # EVAL_ARGS adds options, e.g. EVAL_ARGS="--load-corpus" or EVAL_ARGS="--eval-set my.json --split all".
 .PHONY: eval
 eval: $(VENV)/.installed

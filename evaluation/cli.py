@@ -1,6 +1,6 @@
 """`scripts/evaluate.py`: run an eval set against a target, report, compare runs, convert and export.
 
-    evaluate.py run --url http://127.0.0.1:8765                  # the shipped set's test part, local server
+    evaluate.py run --url http://127.0.0.1:8787                  # the shipped set's test part, local server
     evaluate.py run --stage dev --load-corpus                     # a deployed stage (SigV4), corpus uploaded first
     evaluate.py run --eval-set ../shared/datasets/xquad/xquad.en.json --url ...   # any SQuAD-format file
     evaluate.py report build/eval/RUN                             # re-render a run's reports from results.jsonl
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="ask every question in every configuration and report")
     where = run.add_mutually_exclusive_group(required=True)
     where.add_argument("--stage", help="a deployed stage (reads ApiUrl of Rag<Stage>-Serving, signs with SigV4)")
-    where.add_argument("--url", help="any query API, e.g. the local server http://127.0.0.1:8765 (no signing)")
+    where.add_argument("--url", help="any query API, e.g. the local server http://127.0.0.1:8787 (no signing)")
     run.add_argument("--eval-set", type=Path, default=shipped.EVAL_SET, help="JSON Lines eval set or a SQuAD-format .json (default: the shipped set)")
     run.add_argument("--corpus", type=Path, help="the corpus folder (default: the shipped documents, or the converted SQuAD corpus)")
     run.add_argument("--split", choices=shipped.SPLITS, help="which part of the set (default: test for the shipped set, all otherwise)")

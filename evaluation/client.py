@@ -53,7 +53,7 @@ def api_base(url: str) -> str:
     """The API's base URL ending in `/v1/`: a stage's ApiUrl already does; `http://host:port` gets it."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise TargetError(f"--url {url!r}: expected http(s)://host[:port][/path], e.g. http://127.0.0.1:8765")
+        raise TargetError(f"--url {url!r}: expected http(s)://host[:port][/path], e.g. http://127.0.0.1:8787")
     path = parts.path.rstrip("/")
     if not path.endswith("/v1"):
         path += "/v1"

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from . import metrics
 from .scoring import Metric, metric_table
 
-MAIN = ("f1", "em", "abstention_accuracy", "recall@1", "recall@3", "mrr", "citation_precision",
+MAIN = ("f1", "em", "answer_recall", "abstention_accuracy", "recall@1", "recall@3", "mrr", "citation_precision",
         "latency_p50_ms", "latency_p95_ms", "input_tokens", "output_tokens", "cost_per_1k_usd", "error_rate")
 
 

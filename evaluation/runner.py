@@ -3,8 +3,9 @@
 Matrix: mode `prompt` x generator, mode `rag` x retriever (`kb`, `opensearch`) x generator, mode `kb`
 (Bedrock's RetrieveAndGenerate: generator `bedrock`). Generators come from the target's
 `GET /v1/health` (`generators`, Contract 4): unavailable ones are skipped with the target's reason.
-A configuration the target turns down with a 400 naming `mode`, `retriever` or `generator` (e.g.
-mode `kb` on the local server) is skipped as a whole after its first answer.
+Modes and retrievers the health's optional `modes` / `retrievers` lists leave out are skipped; a
+configuration the target turns down with a 400 naming `mode`, `retriever` or `generator` (e.g.
+mode `kb` on a target that does not say) is skipped as a whole after its first answer.
 
 Cache: one JSON Lines file per target and configuration; an entry's key is a hash of the request
 and of what answers it (the target's URL, its prompt version, the generator's model and version),
@@ -88,6 +89,14 @@ def plan(health: dict[str, Any], *, modes: Sequence[str] = MODES, retrievers: Se
                 skipped.append(Skipped(f"*/*/{name}", status.get("reason") or f"generator {name!r} is not available"))
     else:
         usable = [None]  # a target that does not list its generators: use its default
+    offered_modes, offered_retrievers = health.get("modes"), health.get("retrievers")  # optional extra keys
+    if isinstance(offered_modes, list):
+        skipped += [Skipped(f"{m}/*/*", f"the target does not offer mode {m!r} (it offers: {', '.join(map(str, offered_modes))})")
+                    for m in modes if m not in offered_modes]
+        modes = [m for m in modes if m in offered_modes]
+    if isinstance(offered_retrievers, list):
+        skipped += [Skipped(f"rag/{r}/*", f"the target does not offer retriever {r!r}") for r in retrievers if r not in offered_retrievers]
+        retrievers = [r for r in retrievers if r in offered_retrievers]
     configs: list[Configuration] = []
     for mode in modes:
         if mode == "prompt":

@@ -199,6 +199,10 @@ def test_plan_follows_the_health_generators():
     assert skipped[0].reason.startswith("no model on this stage yet")
     configs, skipped = runner.plan(health, modes=["rag"], retrievers=["opensearch"], generators=["finetuned", "gpt"])
     assert configs == [] and {s.key for s in skipped} == {"*/*/gpt", "*/*/finetuned"}
+    # health's optional modes/retrievers lists (local mode: no kb mode)
+    configs, skipped = runner.plan({**health, "modes": ["rag", "prompt"], "retrievers": ["kb", "opensearch"]}, generators=["bedrock"])
+    assert [c.key for c in configs] == ["prompt/-/bedrock", "rag/kb/bedrock", "rag/opensearch/bedrock"]
+    assert any(s.key == "kb/*/*" and "does not offer mode 'kb'" in s.reason for s in skipped)
     # a target that lists no generators: its default
     configs, _ = runner.plan({"status": "ok"}, modes=["rag", "kb"], retrievers=["kb"])
     assert [c.key for c in configs] == ["rag/kb/default", "kb/kb/default"]
