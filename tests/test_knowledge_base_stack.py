@@ -247,7 +247,8 @@ def test_first_sync_after_deploy_goes_through_the_ingestion_queue(synth, stage, 
 def test_sample_documents_carry_only_filterable_metadata(synth):
     documents = sorted(p for p in SAMPLES.glob("*.md") if p.name != "README.md")
     assert len(documents) >= 3
-    filterable = set(synth.config.stages["dev"].search.filterable_fields)
+    # Contract 6: `collection` (the evaluation's filter) becomes filterable by default on branch ops.
+    filterable = set(synth.config.stages["dev"].search.filterable_fields) | {"collection"}
     for document in documents:
         sidecar = document.with_name(document.name + ".metadata.json")
         attributes = json.loads(sidecar.read_text())["metadataAttributes"]

@@ -1,0 +1,139 @@
+"""The HTTP front of local mode: each request becomes an API Gateway proxy event for the query
+Lambda's own handler (`query.handler.main`), configured with local settings and the local backend.
+
+Validation, error mapping, status codes, headers and bodies are therefore the deployed ones.
+Routes: `POST /v1/query` and `GET /v1/health` (the deployed stage's paths), and the same without
+the `/v1` prefix (what `scripts/ask.py --url http://127.0.0.1:PORT` calls). No request signing:
+the server listens on the loopback interface only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TextIO
+from urllib.parse import parse_qsl, urlsplit
+
+from query import handler
+
+from .app import LocalMode
+
+HOST = "127.0.0.1"
+STAGE_PREFIX = "/v1"
+ROUTES = {"/query": "/query", "/health": "/health"}
+MAX_REQUEST_BYTES = 1024 * 1024  # larger bodies are refused before reading (the handler's own limit is 64 KiB)
+
+
+def to_event(method: str, target: str, headers: dict[str, str], body: bytes, request_id: str, source_ip: str) -> dict[str, Any]:
+    """An API Gateway REST proxy event for one HTTP request."""
+    url = urlsplit(target)
+    path = url.path.rstrip("/") or "/"
+    route = path[len(STAGE_PREFIX) :] if path.startswith(STAGE_PREFIX + "/") else path
+    try:
+        text, encoded = body.decode("utf-8"), False
+    except UnicodeDecodeError:  # API Gateway passes a non-text body base64-encoded
+        text, encoded = base64.b64encode(body).decode("ascii"), True
+    return {
+        "httpMethod": method,
+        "resource": ROUTES.get(route, route),
+        "path": path,
+        "headers": headers,
+        "queryStringParameters": dict(parse_qsl(url.query)) or None,
+        "body": text if body else None,
+        "isBase64Encoded": encoded,
+        "requestContext": {"requestId": request_id, "stage": STAGE_PREFIX.strip("/"), "identity": {"sourceIp": source_ip}},
+    }
+
+
+def _error(status: int, message: str, request_id: str) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json", "X-Request-Id": request_id},
+        "body": json.dumps({"message": message, "request_id": request_id}),
+    }
+
+
+def make_handler(log: TextIO | None) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "rag-local"
+        protocol_version = "HTTP/1.1"
+
+        def _serve(self) -> None:
+            started = time.perf_counter()
+            request_id = str(uuid.uuid4())
+            length = self.headers.get("Content-Length")
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                response = _error(411, "send the body with a Content-Length", request_id)
+                self.close_connection = True
+            elif length is not None and (not length.isdigit() or int(length) > MAX_REQUEST_BYTES):
+                response = _error(413, f"body: larger than {MAX_REQUEST_BYTES} bytes", request_id)
+                self.close_connection = True
+            else:
+                body = self.rfile.read(int(length)) if length else b""
+                event = to_event(self.command, self.path, dict(self.headers.items()), body, request_id, self.client_address[0])
+                response = handler.main(event, None)
+            self._send(response)
+            if log is not None:
+                elapsed = (time.perf_counter() - started) * 1000.0
+                print(f'{self.client_address[0]} "{self.command} {self.path}" {response["statusCode"]} {elapsed:.1f} ms', file=log, flush=True)
+
+        def _send(self, response: dict[str, Any]) -> None:
+            raw = response.get("body") or ""
+            payload = base64.b64decode(raw) if response.get("isBase64Encoded") else raw.encode("utf-8")
+            self.send_response(response["statusCode"])
+            for name, value in (response.get("headers") or {}).items():
+                self.send_header(name, str(value))
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+        def log_message(self, format: str, *args) -> None:  # the access line above replaces http.server's
+            pass
+
+    return Handler
+
+
+class LocalServer:
+    """The HTTP server on 127.0.0.1:`port` (0 = any free port), serving one LocalMode."""
+
+    def __init__(self, mode: LocalMode, port: int, log: TextIO | None = sys.stderr):
+        self.mode = mode
+        handler.configure(settings=mode.config.settings(), backend=mode.backend)
+        self.httpd = ThreadingHTTPServer((HOST, port), make_handler(log))
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever(poll_interval=0.2)
+
+    def start(self) -> "LocalServer":
+        """Serves on a background thread (tests, benchmarks)."""
+        self._thread = threading.Thread(target=self.serve_forever, name="local-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:  # shutdown() waits for serve_forever, so only when it runs
+            self.httpd.shutdown()
+            self._thread.join(timeout=5)
+        self.httpd.server_close()
+        handler.configure(settings=None, backend=None)
+
+    def __enter__(self) -> "LocalServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+

@@ -1,0 +1,243 @@
+"""The embedded store: one SQLite file on disk, numpy arrays in memory.
+
+Persistence (`Store`): SQLite from the standard library holds the documents (id, content hash,
+metadata), their chunks with float32 vectors, and the vectors of the chunks' sentences (for the
+extractive answerer). Each document is replaced in one transaction, so an interrupted indexing
+run leaves the previous state of that document, never half of it. A fingerprint of everything
+that shapes the index (embedding model, chunk size and overlap, analyzer version) is stored too:
+when it differs, the index is rebuilt from scratch.
+
+Search (`Index`): a snapshot loaded into memory. Vector search is exact brute force (one matrix
+product over all chunk vectors); BM25 runs on an inverted index of term postings built at load.
+local/README.md has the measurements behind this choice (brute force against HNSW libraries,
+SQLite FTS5 against the in-memory postings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from . import documents, scoring
+from . import text as textlib
+from .chunking import Chunk
+from .embedding import DIMENSIONS
+
+SCHEMA_VERSION = "1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id TEXT PRIMARY KEY, sha256 TEXT NOT NULL, metadata TEXT NOT NULL, chunks INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE, seq INTEGER NOT NULL,
+    start INTEGER NOT NULL, "end" INTEGER NOT NULL, text TEXT NOT NULL, vector BLOB NOT NULL,
+    PRIMARY KEY (doc_id, seq));
+CREATE TABLE IF NOT EXISTS sentences (
+    doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE, hash TEXT NOT NULL,
+    vector BLOB NOT NULL, PRIMARY KEY (doc_id, hash));
+"""
+
+
+def sentence_key(sentence: str) -> str:
+    """The key of a sentence's vector: the same sentence text in any chunk shares one vector."""
+    return hashlib.blake2b(textlib.display(sentence).encode("utf-8"), digest_size=12).hexdigest()
+
+
+class Store:
+    def __init__(self, path: Path, fingerprint: str):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.executescript(_SCHEMA)
+        stored = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        self.rebuilt = stored.get("fingerprint") not in (None, fingerprint)
+        if self.rebuilt:  # a different model, chunking or analyzer: nothing stored is reusable
+            with self._db:
+                self._db.execute("DELETE FROM documents")
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('fingerprint', ?)", (fingerprint,))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def hashes(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT doc_id, sha256 FROM documents").fetchall())
+
+    def replace(
+        self,
+        doc_id: str,
+        sha256: str,
+        metadata: Mapping[str, Any],
+        chunks: list[Chunk],
+        chunk_vectors: np.ndarray,
+        sentence_vectors: Mapping[str, np.ndarray],
+    ) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
+            self._db.execute(
+                "INSERT INTO documents VALUES (?, ?, ?, ?)", (doc_id, sha256, json.dumps(metadata, sort_keys=True), len(chunks))
+            )
+            self._db.executemany(
+                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
+                [(doc_id, c.seq, c.start, c.end, c.text, _blob(v)) for c, v in zip(chunks, chunk_vectors, strict=True)],
+            )
+            self._db.executemany(
+                "INSERT INTO sentences VALUES (?, ?, ?)", [(doc_id, key, _blob(v)) for key, v in sentence_vectors.items()]
+            )
+
+    def remove(self, doc_id: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
+
+    def load(self) -> "Index":
+        docs = self._db.execute("SELECT doc_id, metadata FROM documents ORDER BY doc_id").fetchall()
+        rows = self._db.execute('SELECT doc_id, seq, text, vector FROM chunks ORDER BY doc_id, seq').fetchall()
+        sentences = {key: np.frombuffer(blob, dtype=np.float32) for key, blob in self._db.execute("SELECT hash, vector FROM sentences")}
+        return Index(
+            doc_ids=[d for d, _ in docs],
+            doc_metadata=[json.loads(m) for _, m in docs],
+            chunk_docs=[r[0] for r in rows],
+            chunk_seqs=[r[1] for r in rows],
+            chunk_texts=[r[2] for r in rows],
+            vectors=np.stack([np.frombuffer(r[3], dtype=np.float32) for r in rows]) if rows else np.zeros((0, DIMENSIONS), np.float32),
+            sentence_vectors=sentences,
+        )
+
+
+def _blob(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+@dataclass(frozen=True)
+class Hit:
+    row: int  # chunk row in the index
+    score: float
+
+
+class Index:
+    """An immutable in-memory snapshot of the store, searched by the retrievers."""
+
+    def __init__(
+        self,
+        *,
+        doc_ids: list[str],
+        doc_metadata: list[dict[str, Any]],
+        chunk_docs: list[str],
+        chunk_seqs: list[int],
+        chunk_texts: list[str],
+        vectors: np.ndarray,
+        sentence_vectors: dict[str, np.ndarray],
+    ):
+        self.doc_ids = doc_ids
+        self.doc_metadata = doc_metadata
+        position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
+        self.chunk_doc_ids = chunk_docs
+        self.chunk_seqs = chunk_seqs
+        self.chunk_texts = chunk_texts
+        self.chunk_doc = np.array([position[d] for d in chunk_docs], dtype=np.int64)
+        self.vectors = vectors
+        self.sentence_vectors = sentence_vectors
+        self._keywords = [{field: documents.keywords(value) for field, value in m.items()} for m in doc_metadata]
+        self._build_postings()
+
+    def __len__(self) -> int:
+        return len(self.chunk_texts)
+
+    def _build_postings(self) -> None:
+        rows: dict[str, list[int]] = defaultdict(list)
+        freqs: dict[str, list[int]] = defaultdict(list)
+        lengths = np.zeros(len(self.chunk_texts), dtype=np.float64)
+        for row, chunk_text in enumerate(self.chunk_texts):
+            counts = Counter(textlib.terms(chunk_text))
+            lengths[row] = sum(counts.values())
+            for term, count in counts.items():
+                rows[term].append(row)
+                freqs[term].append(count)
+        self.postings = {t: (np.array(rows[t], dtype=np.int64), np.array(freqs[t], dtype=np.float64)) for t in rows}
+        self.doc_len = lengths
+        self.avg_len = float(lengths.mean()) if len(lengths) and lengths.mean() > 0 else 1.0
+
+    # --- filters ---
+
+    def mask(self, filters: Mapping[str, Any]) -> np.ndarray | None:
+        """Chunks whose document matches every filter (a list value matches any of its items);
+        None when there are no filters. Values compare as keyword text, like the index's
+        `keyword` fields: 2024 matches "2024", a list attribute matches if any item does."""
+        if not filters:
+            return None
+        allowed_docs = np.ones(len(self.doc_ids), dtype=bool)
+        for field, wanted in filters.items():
+            wanted_keywords = documents.keywords(wanted)
+            for i, keywords in enumerate(self._keywords):
+                if allowed_docs[i] and not (keywords.get(field, frozenset()) & wanted_keywords):
+                    allowed_docs[i] = False
+        return allowed_docs[self.chunk_doc] if len(self) else np.zeros(0, dtype=bool)
+
+    # --- the two sub-queries ---
+
+    def vector_hits(self, query_vector: np.ndarray, top_k: int, mask: np.ndarray | None = None) -> list[Hit]:
+        """Exact k-NN: the top_k chunks by the l2 space's score (ties: index order)."""
+        if not len(self):
+            return []
+        scores = scoring.knn_score(self.vectors @ query_vector)
+        return _top(scores, top_k, mask, positive_only=False)
+
+    def bm25_scores(self, query_terms: Iterable[str]) -> np.ndarray:
+        scores = np.zeros(len(self), dtype=np.float64)
+        for term in set(query_terms):
+            posting = self.postings.get(term)
+            if posting is None:
+                continue
+            rows, tf = posting
+            idf = scoring.bm25_idf(len(self), len(rows))
+            scores[rows] += scoring.bm25_term_scores(tf, self.doc_len[rows], self.avg_len, idf)
+        return scores
+
+    def bm25_hits(self, query_terms: Iterable[str], top_k: int, mask: np.ndarray | None = None) -> list[Hit]:
+        """BM25 over the chunk texts: the top_k chunks with at least one query term."""
+        if not len(self):
+            return []
+        return _top(self.bm25_scores(query_terms), top_k, mask, positive_only=True)
+
+    def idf(self, term: str) -> float:
+        posting = self.postings.get(term)
+        return float(scoring.bm25_idf(max(len(self), 1), 0 if posting is None else len(posting[0])))
+
+    # --- what the retrievers call ---
+
+    def semantic(self, query_vector: np.ndarray, top_k: int, filters: Mapping[str, Any]) -> list[Hit]:
+        return self.vector_hits(query_vector, top_k, self.mask(filters))
+
+    def hybrid(self, query_vector: np.ndarray, query_terms: list[str], top_k: int, filters: Mapping[str, Any], *, vector_weight: float) -> list[Hit]:
+        """The hybrid query: each sub-query's top_k hits, normalised and combined like the pipeline."""
+        mask = self.mask(filters)
+        lexical = {h.row: h.score for h in self.bm25_hits(query_terms, top_k, mask)}
+        vector = {h.row: h.score for h in self.vector_hits(query_vector, top_k, mask)}
+        combined = scoring.combine(lexical, vector, vector_weight=vector_weight)
+        ranked = sorted(combined.items(), key=lambda item: (-item[1], item[0]))
+        return [Hit(row, score) for row, score in ranked[:top_k]]
+
+
+def _top(scores: np.ndarray, top_k: int, mask: np.ndarray | None, *, positive_only: bool) -> list[Hit]:
+    eligible = np.ones(len(scores), dtype=bool) if mask is None else mask.copy()
+    if positive_only:
+        eligible &= scores > 0
+    candidates = np.flatnonzero(eligible)
+    if not len(candidates):
+        return []
+    if len(candidates) > top_k:
+        # argpartition then a stable sort by (-score, row) keeps ties deterministic
+        part = candidates[np.argpartition(-scores[candidates], top_k - 1)[:top_k]]
+        threshold = scores[part].min()
+        candidates = candidates[scores[candidates] >= threshold]
+    order = sorted(candidates.tolist(), key=lambda row: (-scores[row], row))[:top_k]
+    return [Hit(row, float(scores[row])) for row in order]
