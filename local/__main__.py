@@ -19,9 +19,7 @@ import sys
 # Local mode never runs on EC2 by assumption: without this, botocore's credential and region
 # lookups try the instance metadata service (a network call) when no credentials are configured.
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-# The handler's CloudWatch metrics (EMF lines on stdout) mean nothing on a laptop; warnings and
-# errors are still logged.
-os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+# Warnings and errors of the handler are still logged (JSON on stdout).
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
 from . import app  # noqa: E402  (after the environment above)
