@@ -77,6 +77,11 @@ class Embedder:
         with self._encoding:
             return encoder.encode([text])[0].astype(np.float32, copy=False)
 
+    def forget_queries(self) -> None:
+        """Empties the question cache (benchmarks time cold questions)."""
+        with self._lock:
+            self._queries.clear()
+
     def embed_query(self, text: str) -> np.ndarray:
         """`embed_one` with a small LRU cache (a request embeds its question once)."""
         with self._lock:
