@@ -52,6 +52,7 @@ def serve(args) -> int:
     _progress(f"indexing {mode.config.documents} (cache: {mode.config.cache_dir})")
     report = mode.sync(_progress)
     _progress(report.summary())
+    mode.embedder.load()  # an unchanged index embedded nothing: load the model before the first question
     try:
         server = LocalServer(mode, port)
     except OSError as error:

@@ -60,6 +60,10 @@ class Embedder:
                 self._model = model
         return self._model
 
+    def load(self) -> None:
+        """Loads the model now (~1 s) rather than during the first request."""
+        self._encoder()
+
     def embed(self, texts: list[str], progress=None) -> np.ndarray:
         """(len(texts), 512) float32 unit vectors; `progress(done, total)` after each batch."""
         out = np.empty((len(texts), DIMENSIONS), dtype=np.float32)

@@ -274,6 +274,20 @@ def test_bedrock_generator_reuses_the_query_lambdas(monkeypatch, no_aws):
     assert result.text == "answer [1]" and seen == {"model": "amazon.nova-lite-v1:0", "region": "us-west-2", "max_tokens": 64}
 
 
+def test_llm_generator_reads_the_rag_prompt_when_installed():
+    from query import prompts
+
+    generator = generators.LlamaGenerator()
+    status = generator.status()
+    if not status.available:
+        pytest.skip(status.reason)  # `make local-llm` installs it; the default suite does not
+    passages = [prompts.Passage(1, "The bucket keeps noncurrent versions for 30 days.", "lifecycle.md", 1.0)]
+    question = "How long are deleted documents kept?"
+    result = generator.generate(prompts.rag_prompt(question, passages), question=question, passages=passages, max_tokens=8, temperature=0.0)
+    assert result.text and result.input_tokens > 50 and 0 < result.output_tokens <= 8
+    assert status.model == "local:SmolLM2-135M-Instruct.Q4_1" and status.context_tokens == generators.LLM_CONTEXT_TOKENS
+
+
 def test_extractive_abstains_when_nothing_is_retrieved():
     from query import prompts
 
