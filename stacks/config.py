@@ -36,6 +36,8 @@ LOG_RETENTION_DAYS = {
     545: "EIGHTEEN_MONTHS", 731: "TWO_YEARS", 1096: "THREE_YEARS", 1827: "FIVE_YEARS", 3653: "TEN_YEARS",
 }
 STAGE_NAME_PATTERN = r"^[a-z][a-z0-9]{1,15}$"
+# serving.default_generator: `auto` or a deployed stage's generator (Contract 4).
+SERVING_GENERATOR_CHOICES = ("auto", "bedrock", "base", "finetuned")
 # Bedrock's rule for VectorIndexName (CloudFormation OpenSearchManagedClusterConfiguration).
 INDEX_NAME_PATTERN = r"^(?![\-_+.])[a-z0-9][a-z0-9\-_\.]*$"
 FIELD_NAME_PATTERN = r"^[a-zA-Z][a-zA-Z0-9_\-]{0,63}$"
@@ -279,9 +281,13 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """The API and query Lambda: question -> retrieve -> prompt -> generate."""
+    """The API and query Lambda: question -> retrieve -> prompt -> generate.
 
-    generator: str = "endpoint"
+    `default_generator` answers requests that name no generator: `auto` (the first available of
+    finetuned, base, bedrock), or one of them (a request then gets a 503 while it is not deployed).
+    """
+
+    default_generator: str = "auto"
     bedrock_model_id: str = "amazon.nova-lite-v1:0"
     default_retriever: str = "kb"
     default_top_k: int = 5
@@ -310,7 +316,7 @@ class ServingConfig:
         return max(1, self.lambda_timeout_s - self.retrieval_timeout_s - 1)
 
     def validate(self) -> None:
-        _one_of(self, "generator", ("endpoint", "bedrock"))
+        _one_of(self, "default_generator", SERVING_GENERATOR_CHOICES)
         _matches(self, "bedrock_model_id", r"^([a-z]{2,4}\.)?[a-z0-9-]+\.[a-zA-Z0-9.\-:]+$", "a Bedrock model id like amazon.nova-lite-v1:0")
         _one_of(self, "default_retriever", ("kb", "opensearch"))
         _in_range(self, "max_top_k", 1, 100)
@@ -355,8 +361,20 @@ class StageConfig:
             _matches(self, "account", r"^\d{12}$", "a 12-digit AWS account id")
         if self.region is not None:
             _matches(self, "region", r"^[a-z]{2}(-gov)?-[a-z]+-\d$", "an AWS region like us-east-1")
-        if self.serving.generator == "endpoint" and not self.inference.enabled:
-            raise ConfigError("serving.generator", "endpoint", "'bedrock' when inference.enabled is false (no endpoint to call)")
+        self._validate_serving()
+
+    def _validate_serving(self) -> None:
+        """Cross-field rules between serving and inference."""
+        default = self.serving.default_generator
+        if default in ("base", "finetuned") and not self.inference.enabled:
+            raise ConfigError("serving.default_generator", default, "'auto' or 'bedrock' when inference.enabled is false (no endpoint to call)")
+        if default == "base" and not getattr(self.inference, "serve_base", True):
+            raise ConfigError("serving.default_generator", default, "not 'base' when inference.serve_base is false (the stage never serves the base model)")
+        if self.inference.enabled and self.serving.max_new_tokens > self.inference.sequence_length // 2:
+            raise ConfigError(
+                "serving.max_new_tokens", self.serving.max_new_tokens,
+                f"at most half of inference.sequence_length ({self.inference.sequence_length // 2}): the rest holds the prompt",
+            )
 
 
 @dataclass(frozen=True)

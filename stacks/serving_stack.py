@@ -11,13 +11,15 @@ Reads like the request path:
     policy      the rest of the function's permissions, on the Search stack's query role (which
                 already holds its read-only es:ESHttpGet/Post on the vector index): Retrieve /
                 RetrieveAndGenerate on this knowledge base, InvokeModel on the embedding and
-                generation models, InvokeEndpoint on this stage's endpoint (generator endpoint)
+                generation models (in-region or through a cross-region inference profile, chosen
+                per region: stacks/constructs/bedrock_model.py), and on a stage with inference
+                DescribeEndpoint + InvokeEndpoint on this stage's endpoint and GetParameter on its
+                power parameter (the generators base and finetuned; the endpoint may not exist yet)
 """
 
 from __future__ import annotations
 
 import json
-import re
 
 import aws_cdk as cdk
 from aws_cdk import aws_apigateway as apigw
@@ -25,7 +27,9 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from stacks.config import ServingConfig, StageConfig
+from stacks import serving_contract
+from stacks.config import SERVING_GENERATOR_CHOICES, ServingConfig, StageConfig
+from stacks.constructs.bedrock_model import BedrockModel
 from stacks.constructs.compliance import acknowledge
 from stacks.constructs.python_function import PythonFunction
 from stacks.constructs.lifecycle import retention
@@ -37,8 +41,8 @@ API_STAGE_NAME = "v1"
 # API Gateway's default (and, without a quota increase, maximum) REST integration timeout.
 INTEGRATION_TIMEOUT_S = 29
 METRICS_NAMESPACE = "RagServing"
-# A Bedrock model id with a geography prefix (us., eu., apac., ...) names a cross-region inference profile.
-_PROFILE_ID = re.compile(r"^([a-z]{2,4})\.([a-z0-9-]+\.[a-zA-Z0-9.\-:]+)$")
+# The request field `generator` on a deployed stage (Contract 4; `auto` is only a config value).
+REQUEST_GENERATORS = [name for name in SERVING_GENERATOR_CHOICES if name != "auto"]
 
 ACCESS_LOG_FORMAT = {
     "requestId": "$context.requestId",
@@ -60,20 +64,14 @@ ACCESS_LOG_FORMAT = {
 }
 
 
-def bedrock_model_arns(scope: Construct, model_id: str) -> tuple[str, list[str]]:
-    """(the ARN the function calls, the ARNs its role may invoke) for a model or inference profile id.
+def endpoint_name(stage: StageConfig) -> str | None:
+    """The stage's endpoint name (Contract 3), whether or not the endpoint exists; None without inference."""
+    return f"{stage.stack_prefix.lower()}-generator" if stage.inference.enabled else None
 
-    A cross-region inference profile routes to the same foundation model in several regions, so
-    invoking one needs InvokeModel on the profile and on that model in any region.
-    """
-    stack = cdk.Stack.of(scope)
-    profile = _PROFILE_ID.match(model_id)
-    if profile is None:
-        arn = stack.format_arn(service="bedrock", account="", resource="foundation-model", resource_name=model_id)
-        return arn, [arn]
-    profile_arn = stack.format_arn(service="bedrock", resource="inference-profile", resource_name=model_id)
-    any_region_model = stack.format_arn(service="bedrock", region="*", account="", resource="foundation-model", resource_name=profile.group(2))
-    return profile_arn, [profile_arn, any_region_model]
+
+def power_parameter(stage_name: str) -> str:
+    """The endpoint's power parameter (Contract 3; equal to lambda/shared/model_record.power_parameter, tested)."""
+    return f"/rag/{stage_name}/serving/endpoint"
 
 
 def query_request_schema(serving: ServingConfig) -> apigw.JsonSchema:
@@ -90,6 +88,7 @@ def query_request_schema(serving: ServingConfig) -> apigw.JsonSchema:
             "mode": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, enum=["rag", "kb", "prompt"]),
             "retriever": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, enum=["kb", "opensearch"]),
             "top_k": apigw.JsonSchema(type=apigw.JsonSchemaType.INTEGER, minimum=1, maximum=serving.max_top_k),
+            "generator": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, enum=REQUEST_GENERATORS),
             "filters": apigw.JsonSchema(
                 type=apigw.JsonSchemaType.OBJECT,
                 max_properties=10,
@@ -107,8 +106,10 @@ def query_request_schema(serving: ServingConfig) -> apigw.JsonSchema:
 class ServingStack(cdk.Stack):
     """API Gateway (IAM auth) -> query Lambda.
 
-    Attributes: `api` (RestApi), `function` (PythonFunction), `policy` (the function's model and
-    knowledge base permissions), `function_environment` (the function's environment, as synthesized).
+    Attributes: `api` (RestApi), `function` (PythonFunction), `policy` (the function's model,
+    knowledge base and endpoint permissions), `profile_policies` (grants only a cross-region
+    inference profile needs), `generation_model` / `embedding_model` (BedrockModel),
+    `function_environment` (the function's environment, as synthesized).
     """
 
     def __init__(
@@ -126,13 +127,17 @@ class ServingStack(cdk.Stack):
         serving = stage.serving
         if serving.lambda_timeout_s >= INTEGRATION_TIMEOUT_S:
             raise ValueError(f"serving.lambda_timeout_s must be below the API's {INTEGRATION_TIMEOUT_S} s integration timeout")
-        use_endpoint = serving.generator == "endpoint"
-        if use_endpoint and inference.endpoint_name is None:
-            raise ValueError("serving.generator 'endpoint' needs inference.enabled (no endpoint to call)")
+        endpoint = endpoint_name(stage)
+        if inference.endpoint_name is not None and inference.endpoint_name != endpoint:
+            raise ValueError(f"the Inference stack names the endpoint {inference.endpoint_name!r}, expected {endpoint!r}")
 
-        generation_arn, generation_grants = bedrock_model_arns(self, serving.bedrock_model_id)
-        embedding_arn, _ = bedrock_model_arns(self, stage.knowledge_base.embedding_model_id)
-        self.function_environment = self._environment(stage, search, knowledge_base, inference, generation_arn, use_endpoint)
+        self.generation_model = BedrockModel(
+            self, "GenerationModel", model_id=serving.bedrock_model_id, config_key=f"stages.{stage.name}.serving.bedrock_model_id"
+        )
+        self.embedding_model = BedrockModel(
+            self, "EmbeddingModel", model_id=stage.knowledge_base.embedding_model_id, config_key=f"stages.{stage.name}.knowledge_base.embedding_model_id"
+        )
+        self.function_environment = self._environment(stage, search, knowledge_base, self.generation_model.invoke_arn, endpoint)
 
         # --- the function (its role lives in the Search stack: the domain access policy names it) ---
         self.function = PythonFunction(
@@ -149,35 +154,9 @@ class ServingStack(cdk.Stack):
         )
 
         # --- the rest of its permissions, specific statements only ---
-        statements = [
-            iam.PolicyStatement(
-                sid="KnowledgeBaseRetrieve",
-                actions=["bedrock:Retrieve", "bedrock:RetrieveAndGenerate"],
-                resources=[knowledge_base.knowledge_base_arn],
-            ),
-            iam.PolicyStatement(
-                sid="InvokeModels",  # Converse, RetrieveAndGenerate's generation and the question's embedding
-                actions=["bedrock:InvokeModel"],
-                resources=sorted({*generation_grants, embedding_arn}),
-            ),
-        ]
-        if len(generation_grants) > 1:
-            statements.append(
-                iam.PolicyStatement(sid="ReadInferenceProfile", actions=["bedrock:GetInferenceProfile"], resources=[generation_arn])
-            )
-        if use_endpoint:
-            endpoint_statement = inference.invoke_statement()
-            endpoint_statement.sid = "InvokeEndpoint"
-            statements.append(endpoint_statement)
-        self.policy = iam.Policy(self, "QueryPolicy", roles=[search.query_role], statements=statements)
+        self.policy = iam.Policy(self, "QueryPolicy", roles=[search.query_role], statements=self._statements(stage, knowledge_base, endpoint))
         self.function.function.node.add_dependency(self.policy)
-        if len(generation_grants) > 1:
-            model = _PROFILE_ID.match(serving.bedrock_model_id).group(2)
-            acknowledge(
-                self.policy,
-                f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:bedrock:*::foundation-model/{model}]",
-                "a cross-region inference profile invokes this one foundation model in whichever region it routes to",
-            )
+        self.profile_policies = self._profile_policies(search)
 
         self.api = self._api(stage)
         cdk.CfnOutput(self, "ApiUrl", value=self.api.url, description="Base URL; POST <url>query, GET <url>health (SigV4, service execute-api)")
@@ -186,11 +165,12 @@ class ServingStack(cdk.Stack):
     # --- environment -------------------------------------------------------------------------
 
     @staticmethod
-    def _environment(stage: StageConfig, search: SearchStack, knowledge_base: KnowledgeBaseStack, inference: InferenceStack, generation_arn: str, use_endpoint: bool) -> dict[str, str]:
+    def _environment(stage: StageConfig, search: SearchStack, knowledge_base: KnowledgeBaseStack, generation_arn: str, endpoint: str | None) -> dict[str, str]:
         """The query function's environment: every name it reads (lambda/query/settings.py)."""
         serving, index = stage.serving, search.index
         environment = {
-            "GENERATOR": serving.generator,
+            "STAGE_NAME": stage.name,
+            "DEFAULT_GENERATOR": serving.default_generator,
             "BEDROCK_MODEL_ARN": generation_arn,
             "KNOWLEDGE_BASE_ID": knowledge_base.knowledge_base_id,
             "EMBEDDING_MODEL_ID": stage.knowledge_base.embedding_model_id,
@@ -212,9 +192,65 @@ class ServingStack(cdk.Stack):
             "GENERATION_TIMEOUT_S": str(serving.generation_timeout_s),
             "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
         }
-        if use_endpoint:
-            environment.update(inference.contract.lambda_environment(inference.endpoint_name))
+        if endpoint is not None:
+            environment.update({
+                serving_contract.LAMBDA_ENV_ENDPOINT_NAME: endpoint,
+                serving_contract.LAMBDA_ENV_SERVED_MODEL_NAME: serving_contract.SERVED_MODEL_NAME,
+                serving_contract.LAMBDA_ENV_SEQUENCE_LENGTH: str(stage.inference.sequence_length),
+                "SERVE_BASE": "true" if getattr(stage.inference, "serve_base", True) else "false",
+                "ENDPOINT_POWER_PARAMETER": power_parameter(stage.name),
+            })
         return environment
+
+    # --- permissions -------------------------------------------------------------------------
+
+    def _statements(self, stage: StageConfig, knowledge_base: KnowledgeBaseStack, endpoint: str | None) -> list[iam.PolicyStatement]:
+        """Every form of the models' grants, the knowledge base, and (with inference) the endpoint and its power."""
+        statements = [
+            iam.PolicyStatement(
+                sid="KnowledgeBaseRetrieve",
+                actions=["bedrock:Retrieve", "bedrock:RetrieveAndGenerate"],
+                resources=[knowledge_base.knowledge_base_arn],
+            ),
+            iam.PolicyStatement(
+                sid="InvokeModels",  # Converse, RetrieveAndGenerate's generation and the question's embedding
+                actions=["bedrock:InvokeModel"],
+                resources=[self.generation_model.invoke_arn, self.embedding_model.invoke_arn],
+            ),
+        ]
+        if endpoint is not None:
+            statements += [
+                iam.PolicyStatement(
+                    sid="InvokeEndpoint",  # the generators base and finetuned (TargetVariant), and their status
+                    actions=["sagemaker:DescribeEndpoint", "sagemaker:InvokeEndpoint"],
+                    resources=[self.format_arn(service="sagemaker", resource="endpoint", resource_name=endpoint)],
+                ),
+                iam.PolicyStatement(
+                    sid="ReadEndpointPower",
+                    actions=["ssm:GetParameter"],
+                    resources=[self.format_arn(service="ssm", resource="parameter", resource_name=power_parameter(stage.name).lstrip("/"))],
+                ),
+            ]
+        return statements
+
+    def _profile_policies(self, search: SearchStack) -> list[iam.Policy]:
+        """The grants only a cross-region inference profile needs: one policy per such model, which
+        exists only where the profile form is used (a CloudFormation condition in agnostic stacks)."""
+        policies = []
+        for model in (self.generation_model, self.embedding_model):
+            if not model.profile_statements:
+                continue
+            policy = iam.Policy(self, f"{model.node.id}ProfilePolicy", roles=[search.query_role], statements=model.profile_statements)
+            if model.profile_condition is not None:
+                policy.node.default_child.cfn_options.condition = model.profile_condition
+            acknowledge(
+                policy,
+                f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:bedrock:*::foundation-model/{model.foundation_model_id}]",
+                "a cross-region inference profile invokes its one foundation model in whichever region it routes to; "
+                "the grant holds only through this profile (condition bedrock:InferenceProfileArn)",
+            )
+            policies.append(policy)
+        return policies
 
     # --- API -----------------------------------------------------------------------------------
 

@@ -45,7 +45,14 @@ def test_defaults_fill_what_a_stage_leaves_out():
         ({"dev": {"training": {"instance_type": "ml.p4d.24xlarge"}}}, "stages.dev.training.instance_type", "allowed: ml.trn1.2xlarge"),
         ({"dev": {"serving": {"lambda_timeout_s": 29}}}, "stages.dev.serving.lambda_timeout_s", "allowed: 3..28"),
         ({"dev": {"serving": {"temperature": 1.5}}}, "stages.dev.serving.temperature", "0.0..1.0"),
-        ({"dev": {"inference": {"enabled": False}}}, "stages.dev.serving.generator", "'bedrock' when inference.enabled is false"),
+        ({"dev": {"inference": {"enabled": False}, "serving": {"default_generator": "finetuned"}}}, "stages.dev.serving.default_generator",
+         "'auto' or 'bedrock' when inference.enabled is false"),
+        ({"dev": {"inference": {"enabled": False}, "serving": {"default_generator": "base"}}}, "stages.dev.serving.default_generator",
+         "'auto' or 'bedrock' when inference.enabled is false"),
+        ({"dev": {"serving": {"default_generator": "endpoint"}}}, "stages.dev.serving.default_generator", "allowed: auto, bedrock, base, finetuned"),
+        ({"dev": {"serving": {"generator": "bedrock"}}}, "stages.dev.serving.generator", "unknown key"),  # replaced by default_generator
+        ({"dev": {"inference": {"sequence_length": 1024}, "serving": {"max_new_tokens": 513}}}, "stages.dev.serving.max_new_tokens",
+         "at most half of inference.sequence_length (512)"),
         ({"dev": {"account": "12345"}}, "stages.dev.account", "12-digit"),
         ({"Dev": {}}, "stages.Dev.name", "lowercase"),
         ({"dev": {"name": "prod"}}, "stages.dev.name", "not settable"),
@@ -76,3 +83,29 @@ def test_stage_selection():
 
 def test_integers_are_accepted_where_numbers_are_expected():
     assert load({"dev": {"serving": {"temperature": 0}}}).stages["dev"].serving.temperature == 0.0
+
+
+def test_the_serving_cross_field_rules_hold_at_their_boundaries():
+    """The limits themselves are allowed (a `<` for `<=` slip fails here)."""
+    stage = load({"dev": {"inference": {"sequence_length": 1024}, "serving": {"max_new_tokens": 512}}}).stages["dev"]
+    assert stage.serving.max_new_tokens == 512
+    # without an endpoint the sequence length does not bound the answer, and auto/bedrock are fine
+    stage = load({"dev": {"inference": {"enabled": False, "sequence_length": 1024}, "serving": {"max_new_tokens": 4096}}}).stages["dev"]
+    assert stage.serving.default_generator == "auto"
+    assert load({"dev": {"inference": {"enabled": False}, "serving": {"default_generator": "bedrock"}}}).stages["dev"].serving.default_generator == "bedrock"
+
+
+def test_a_stage_that_never_serves_the_base_model_cannot_default_to_it():
+    """`inference.serve_base` (Contract 3, config of branch lifecycle) false forbids the default `base`."""
+    import dataclasses
+
+    from stacks.config import InferenceConfig, ServingConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class WithoutBase(InferenceConfig):
+        serve_base: bool = False
+
+    with pytest.raises(ConfigError, match="not 'base' when inference.serve_base is false") as caught:
+        StageConfig(name="dev", inference=WithoutBase(), serving=ServingConfig(default_generator="base")).validate()
+    assert caught.value.key == "serving.default_generator"
+    StageConfig(name="dev", inference=WithoutBase(), serving=ServingConfig(default_generator="finetuned")).validate()

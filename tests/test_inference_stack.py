@@ -189,7 +189,7 @@ def _build(stage_settings: dict) -> tuple[cdk.App, InferenceStack]:
 
 
 def test_disabled_stage_keeps_only_the_execution_role():
-    _, stack = _build({"inference": {"enabled": False}, "serving": {"generator": "bedrock"}})
+    _, stack = _build({"inference": {"enabled": False}, "serving": {"default_generator": "bedrock"}})
     assert (stack.endpoint, stack.endpoint_name, stack.endpoint_arn, stack.model, stack.scalable_target) == (None,) * 5
     kinds = {child.cfn_resource_type for child in stack.node.find_all() if isinstance(child, cdk.CfnResource)}
     assert kinds == {"AWS::IAM::Role", "AWS::IAM::Policy"}
@@ -207,4 +207,4 @@ def test_explicit_supported_region_uses_the_literal_image():
 def test_explicit_unsupported_region_fails_at_synth_with_the_supported_list():
     with pytest.raises(contract.UnsupportedRegionError, match="'eu-north-1'.*supported regions: ap-northeast-1"):
         _build({"region": "eu-north-1"})
-    _build({"region": "eu-north-1", "inference": {"enabled": False}, "serving": {"generator": "bedrock"}})  # fine without an endpoint
+    _build({"region": "eu-north-1", "inference": {"enabled": False}, "serving": {"default_generator": "bedrock"}})  # fine without an endpoint

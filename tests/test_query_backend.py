@@ -173,3 +173,45 @@ def test_the_handler_passes_the_request_to_the_retriever_as_keywords(local):
     status, body, _ = call({"question": "q?", "top_k": 2, "filters": {"category": ["a", "b"]}})
     assert status == 200 and seen == {"question": "q?", "top_k": 2, "filters": {"category": ["a", "b"]}}
     assert json.dumps(body["citations"]) == "[]"
+
+
+# --- request limits at their boundaries (each pair: the limit is accepted, one more is a 400) ---
+
+
+@pytest.mark.parametrize(
+    "accepted, rejected, field",
+    [
+        ({"question": "q" * 200}, {"question": "q" * 201}, "question"),
+        ({"question": "  " + "q" * 200 + "  "}, {"question": "q" * 201}, "question"),  # the limit counts the stripped question
+        ({"question": "q", "top_k": 10}, {"question": "q", "top_k": 11}, "top_k"),
+        ({"question": "q", "top_k": 1}, {"question": "q", "top_k": 0}, "top_k"),
+        ({"question": "q", "filters": {"category": ["v"] * 20}}, {"question": "q", "filters": {"category": ["v"] * 21}}, "filters.category"),
+        ({"question": "q", "filters": {"category": "v" * 256}}, {"question": "q", "filters": {"category": "v" * 257}}, "filters.category"),
+        ({"question": "q", "filters": {"category": 2**53}}, {"question": "q", "filters": {"category": 2**53 + 1}}, "filters.category"),
+        ({"question": "q", "filters": {"category": -(2**53)}}, {"question": "q", "filters": {"category": -(2**53) - 1}}, "filters.category"),
+    ],
+)
+def test_request_limits_accept_the_limit_and_reject_one_more(local, accepted, rejected, field):
+    local(FakeGenerator("x"), max_question_chars=200, max_top_k=10, default_top_k=3, filterable_fields=("category",))
+    assert call(accepted)[0] == 200
+    status, body, _ = call(rejected)
+    assert status == 400 and body["field"] == field
+
+
+def test_mode_kb_accepts_1000_characters_and_rejects_1001(local):
+    local(FakeGenerator("bedrock"), managed_rag=lambda **kw: ManagedAnswer(text="A.", citations=[], model="m"), max_question_chars=5000)
+    assert call({"question": "q" * 1000, "mode": "kb"})[0] == 200
+    status, body, _ = call({"question": "q" * 1001, "mode": "kb"})
+    assert status == 400 and body["field"] == "question"
+
+
+def test_the_body_may_be_64_kib_and_not_one_byte_more(local):
+    local(FakeGenerator("x"), max_question_chars=70_000)
+    from query.request import MAX_BODY_BYTES
+
+    assert MAX_BODY_BYTES == 64 * 1024
+    frame = json.dumps({"question": ""})
+    fits = json.dumps({"question": "q" * (MAX_BODY_BYTES - len(frame))})
+    assert len(fits) == MAX_BODY_BYTES and call(raw=fits)[0] == 200
+    status, body, _ = call(raw=fits[:-2] + "q\"}")
+    assert status == 400 and body["field"] == "body"

@@ -15,22 +15,29 @@ import pytest
 
 from query import aws_backend, handler
 from query.settings import Settings
-from tests.test_query_helpers import endpoint_response, converse_response, event, make_clients, retrieve_response
+from tests.test_query_helpers import described, endpoint_response, event, make_clients, retrieve_response
 
 RUNTIME_ENV = {"AWS_REGION": "us-east-1", "AWS_LAMBDA_FUNCTION_NAME": "query"}  # set by Lambda itself
 READ_BY_POWERTOOLS = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"}
 PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": "123456789012", "AWS::URLSuffix": "amazonaws.com"}
 
 
-def resolve(value: Any) -> str:
-    """A deploy-time value for an intrinsic: pseudo parameters and imports become plausible strings."""
+def resolve(value: Any, template: dict) -> Any:
+    """A deploy-time value for an intrinsic: pseudo parameters and imports become plausible
+    strings; mappings and conditions are evaluated as CloudFormation would in us-east-1."""
     if isinstance(value, str):
         return value
     if "Ref" in value:
         return PSEUDO.get(value["Ref"], f"ref{value['Ref']}")
     if "Fn::Join" in value:
         separator, parts = value["Fn::Join"]
-        return separator.join(resolve(part) for part in parts)
+        return separator.join(resolve(part, template) for part in parts)
+    if "Fn::FindInMap" in value:
+        name, first, second = (resolve(part, template) for part in value["Fn::FindInMap"])
+        return template["Mappings"][name][first][second]
+    if "Fn::If" in value:
+        condition, if_true, if_false = value["Fn::If"]
+        return resolve(if_true if condition_holds(condition, template) else if_false, template)
     if "Fn::ImportValue" in value:
         name = json.dumps(value["Fn::ImportValue"])
         if "KnowledgeBaseId" in name:
@@ -39,6 +46,17 @@ def resolve(value: Any) -> str:
             return "search-rag.us-east-1.es.amazonaws.com"
         return "imported"
     raise AssertionError(f"unexpected intrinsic in the function environment: {value}")
+
+
+def condition_holds(name: str, template: dict) -> bool:
+    expression = template["Conditions"][name]
+    if "Fn::Equals" in expression:
+        left, right = (resolve(part, template) for part in expression["Fn::Equals"])
+        return left == right
+    if "Fn::Not" in expression:
+        (inner,) = expression["Fn::Not"]
+        return not condition_holds(inner["Condition"], template)
+    raise AssertionError(f"unexpected condition {expression}")
 
 
 class Recording(dict):
@@ -63,7 +81,7 @@ def template_env(request, synth) -> tuple[Any, dict[str, str]]:
     template = synth.template(f"{stage.stack_prefix}-Serving")
     (function,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
     variables = function["Properties"]["Environment"]["Variables"]
-    return stage, {**RUNTIME_ENV, **{name: resolve(value) for name, value in variables.items()}}
+    return stage, {**RUNTIME_ENV, **{name: resolve(value, template) for name, value in variables.items()}}
 
 
 def test_the_handler_reads_every_variable_the_template_sets_and_needs_no_other(template_env):
@@ -79,33 +97,32 @@ def test_the_handler_serves_with_exactly_the_template_environment(template_env, 
     monkeypatch.setattr("os.environ", dict(env))
     handler.configure()
     try:
-        health = handler.main(event(method="GET", resource="/health"), None)
-        assert health["statusCode"] == 200, health
-        body = json.loads(health["body"])
-        expected = {"endpoint": "finetuned", "bedrock": "bedrock"}[stage.serving.generator]
-        assert body["default_generator"] == expected and body["generators"][expected]["available"] is True
-        assert body["default_retriever"] == stage.serving.default_retriever
-
+        assert handler.main(event(method="GET", resource="/nowhere"), None)["statusCode"] == 404  # builds settings from env
         settings = handler._settings  # made by the handler from the environment above
+        assert settings.endpoint_name == f"rag{stage.name}-generator" and settings.stage == stage.name
+        assert settings.bedrock_model_arn == "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-lite-v1:0"  # on demand there
         clients, stubs = make_clients(settings)
         assert isinstance(clients, aws_backend.AwsClients)
         handler.configure(settings=settings, backend=aws_backend.build(settings, clients))
+        stubs.control.add_response("describe_endpoint", described(variants=("finetuned",), config=f"rag{stage.name}-generator-b0-f4-0123abcd"),
+                                   {"EndpointName": f"rag{stage.name}-generator"})
         stubs.agent.add_response("retrieve", retrieve_response("Fact one."), {
             "knowledgeBaseId": "KBIMPORTED", "retrievalQuery": {"text": "q?"},
             "retrievalConfiguration": {"vectorSearchConfiguration": {"numberOfResults": stage.serving.default_top_k, "overrideSearchType": "SEMANTIC"}},
         })
-        if stage.serving.generator == "endpoint":
-            stubs.sagemaker.add_response("invoke_endpoint", endpoint_response("Answer [1]."), {
-                "EndpointName": f"{stage.stack_prefix.lower()}-generator", "ContentType": "application/json", "Accept": "application/json",
-                "Body": _AnyBody(),
-            })
-        else:
-            stubs.runtime.add_response("converse", converse_response("Answer [1]."), None)
-        with stubs.agent, stubs.runtime, stubs.sagemaker:
+        stubs.sagemaker.add_response("invoke_endpoint", endpoint_response("Answer [1]."), {
+            "EndpointName": f"rag{stage.name}-generator", "TargetVariant": "finetuned", "ContentType": "application/json",
+            "Accept": "application/json", "Body": _AnyBody(),
+        })
+        with stubs.agent, stubs.runtime, stubs.sagemaker, stubs.control, stubs.ssm:
+            health = json.loads(handler.main(event(method="GET", resource="/health"), None)["body"])
             response = handler.main(event({"question": "q?", "retriever": "kb"}), None)
+        assert health["default_generator"] == "finetuned" and health["generators"]["finetuned"]["version"] == "4"
+        assert health["default_generator_setting"] == stage.serving.default_generator and health["default_retriever"] == stage.serving.default_retriever
         assert response["statusCode"] == 200, response
         stubs.verify()
-        assert json.loads(response["body"])["citations"][0]["n"] == 1
+        body = json.loads(response["body"])
+        assert body["citations"][0]["n"] == 1 and (body["generator"], body["model_version"]) == ("finetuned", "4")
     finally:
         handler.configure()
 

@@ -15,6 +15,7 @@ from shared.opensearch_http import OpenSearchResponse, OpenSearchTimeout
 from tests.test_query_helpers import (  # noqa: F401  (wired is a fixture)
     ENV,
     call,
+    described,
     client_error,
     endpoint_response,
     event,
@@ -79,7 +80,7 @@ def test_invalid_json_is_400(wired, raw):
 
 
 def test_base64_bodies_are_decoded_and_bad_base64_rejected(wired):
-    stubs = wired()
+    stubs = wired(endpoint=described())
     stubs.sagemaker.add_response("invoke_endpoint", endpoint_response("Baseline."), None)
     good = event(raw=base64.b64encode(json.dumps({"question": Q, "mode": "prompt"}).encode()).decode())
     good["isBase64Encoded"] = True
@@ -96,93 +97,171 @@ def test_unknown_route_is_404_and_non_dict_event_is_400(wired):
     assert handler.main("not an event", None)["statusCode"] == 400
 
 
+# Every AWS error a call can meet, with the status and message the caller gets. Each entry is
+# one branch of shared.api.classify: a wrong entry in the mapping fails exactly one case here.
 @pytest.mark.parametrize(
-    "stub_name, method, code, status",
+    "code, http_status, status, message",
     [
-        ("agent", "retrieve", "ThrottlingException", 429),
-        ("agent", "retrieve", "ServiceQuotaExceededException", 429),
-        ("agent", "retrieve", "DependencyFailedException", 502),
-        ("agent", "retrieve", "BadGatewayException", 502),
-        ("agent", "retrieve", "AccessDeniedException", 500),
-        ("agent", "retrieve", "ResourceNotFoundException", 500),
-        ("agent", "retrieve", "ValidationException", 500),
-        ("agent", "retrieve", "InternalServerException", 500),
+        ("ThrottlingException", 429, 429, "too many requests"),
+        ("ServiceQuotaExceededException", 400, 429, "too many requests"),
+        ("DependencyFailedException", 424, 502, "the model or a dependency returned an error"),
+        ("BadGatewayException", 502, 502, "the model or a dependency returned an error"),
+        ("AccessDeniedException", 403, 500, "denied access"),
+        ("ResourceNotFoundException", 404, 500, "was not found"),
+        ("ValidationException", 400, 500, "internal error"),  # Retrieve is not a model: our request was wrong
+        ("InternalServerException", 500, 502, "a dependency returned an error"),
+        ("ConflictException", 409, 500, "internal error"),
+        ("SomethingNew", 408, 504, "did not answer in time"),
+        ("SomethingNew", 413, 502, "a dependency returned an error"),
+        ("SomethingNew", 503, 503, "unavailable"),
+        ("SomethingNew", 504, 504, "did not answer in time"),
+        ("SomethingNew", 418, 500, "internal error"),
     ],
 )
-def test_retrieve_failures_are_mapped(wired, stub_name, method, code, status):
-    stubs = wired()
-    client_error(getattr(stubs, stub_name), method, code, 429 if status == 429 else 400)
+def test_retrieve_failures_are_mapped(wired, code, http_status, status, message):
+    stubs = wired(endpoint=described())
+    client_error(stubs.agent, "retrieve", code, http_status)
     got, response, headers = call({"question": Q})
     assert got == status, response
+    assert message in response["message"]
     assert "secret detail" not in json.dumps(response) and code not in json.dumps(response)
     assert response["request_id"] == "req-123"
-    assert ("Retry-After" in headers) == (status == 429)
+    assert ("Retry-After" in headers) == (status in (429, 503))
+
+
+def _model_error(stubs, original_status: int) -> None:
+    stubs.sagemaker.add_client_error(
+        "invoke_endpoint", service_error_code="ModelError", service_message="secret detail ModelError", http_status_code=424,
+        modeled_fields={"OriginalStatusCode": original_status, "OriginalMessage": "secret container text",
+                        "LogStreamArn": "arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/Endpoints/x"},
+    )
+
+
+@pytest.mark.parametrize(
+    "original, status, message",
+    [
+        (400, 502, "the model returned an error"),  # the container refused our request (e.g. prompt too long)
+        (413, 502, "the model returned an error"),
+        (500, 502, "the model returned an error"),
+        (429, 429, "too many requests"),
+        (503, 503, "the model is unavailable"),
+        (408, 504, "the model did not answer in time"),
+        (504, 504, "the model did not answer in time"),
+    ],
+)
+def test_a_sagemaker_model_error_is_mapped_by_the_containers_own_status(wired, original, status, message):
+    stubs = wired(endpoint=described())
+    _model_error(stubs, original)
+    got, response, headers = call({"question": Q, "mode": "prompt"})
+    assert (got, response["message"].startswith(message)) == (status, True), response
+    assert "secret" not in json.dumps(response)
+    assert ("Retry-After" in headers) == (status in (429, 503))
 
 
 @pytest.mark.parametrize(
     "code, http_status, status",
     [
-        ("ModelError", 424, 502),
-        ("ModelNotReadyException", 429, 502),
-        ("InternalDependencyException", 424, 502),
+        ("ModelNotReadyException", 429, 503),  # a 429 that is not a throttle: the model is loading
+        ("InternalDependencyException", 530, 502),
         ("ThrottlingException", 429, 429),
         ("ServiceUnavailable", 503, 503),
-        ("InternalFailure", 500, 500),
-        ("ValidationError", 400, 500),
+        ("InternalFailure", 500, 502),
+        ("ValidationError", 400, 502),  # the endpoint refused the request
     ],
 )
 def test_endpoint_failures_are_mapped(wired, code, http_status, status):
-    stubs = wired()
+    stubs = wired(endpoint=described())
     stubs.agent.add_response("retrieve", retrieve_response("x"), None)
     client_error(stubs.sagemaker, "invoke_endpoint", code, http_status)
+    if code == "ValidationError":  # the generator re-reads the endpoint: still there, so the error stands
+        stubs.control.add_response("describe_endpoint", described(), None)
     got, response, headers = call({"question": Q})
     assert got == status, response
     assert ("Retry-After" in headers) == (status in (429, 503))
 
 
 def test_an_unreadable_endpoint_answer_is_502(wired):
-    stubs = wired()
+    stubs = wired(endpoint=described())
     stubs.sagemaker.add_response("invoke_endpoint", {"Body": stream(b"<html>oops</html>")}, None)
     assert call({"question": Q, "mode": "prompt"})[0] == 502
 
 
 @pytest.mark.parametrize(
-    "code, status",
-    [("ModelTimeoutException", 504), ("ModelErrorException", 502), ("ModelNotReadyException", 502), ("ThrottlingException", 429), ("AccessDeniedException", 500)],
+    "code, http_status, status, message",
+    [
+        ("ModelTimeoutException", 408, 504, "did not answer in time"),
+        ("ModelErrorException", 424, 502, "returned an error"),
+        ("ModelNotReadyException", 429, 503, "not ready"),
+        ("ThrottlingException", 429, 429, "too many requests"),
+        ("AccessDeniedException", 403, 500, "denied access"),  # e.g. model access not enabled in the account
+        ("ResourceNotFoundException", 404, 500, "was not found"),
+        ("ValidationException", 400, 502, "the model rejected the request"),  # e.g. input too long for the model
+        ("ServiceUnavailableException", 503, 503, "unavailable"),
+        ("InternalServerException", 500, 502, "returned an error"),
+    ],
 )
-def test_bedrock_generation_failures_are_mapped(wired, code, status):
-    stubs = wired(GENERATOR="bedrock")
-    client_error(stubs.runtime, "converse", code)
-    assert call({"question": Q, "mode": "prompt"})[0] == status
+def test_bedrock_generation_failures_are_mapped(wired, code, http_status, status, message):
+    stubs = wired(DEFAULT_GENERATOR="bedrock")
+    client_error(stubs.runtime, "converse", code, http_status)
+    got, response, _ = call({"question": Q, "mode": "prompt"})
+    assert got == status and message in response["message"], response
+
+
+@pytest.mark.parametrize("code, http_status, status", [("ValidationException", 400, 502), ("DependencyFailedException", 424, 502), ("AccessDeniedException", 403, 500)])
+def test_managed_rag_failures_are_mapped(wired, code, http_status, status):
+    stubs = wired()
+    client_error(stubs.agent, "retrieve_and_generate", code, http_status)
+    assert call({"question": Q, "mode": "kb"})[0] == status
 
 
 def test_converse_without_text_is_502(wired):
-    stubs = wired(GENERATOR="bedrock")
+    stubs = wired(DEFAULT_GENERATOR="bedrock")
     stubs.runtime.add_response("converse", {"output": {"message": {"role": "assistant", "content": []}}, "stopReason": "content_filtered",
                                             "usage": {"inputTokens": 1, "outputTokens": 0, "totalTokens": 1}, "metrics": {"latencyMs": 1}}, None)
     assert call({"question": Q, "mode": "prompt"})[0] == 502
+
+
+class OpenSearchTransportError(Exception):
+    """Stand-ins with the class names of Contract 8 (shared.opensearch_http, branch harden): the
+    mapping recognises them by name, so it holds whichever module defines them."""
+
+
+class OpenSearchConnectionError(OpenSearchTransportError):
+    pass
+
+
+class OpenSearchSomethingElse(OpenSearchTransportError):
+    pass
 
 
 @pytest.mark.parametrize(
     "result, status",
     [
         (OpenSearchResponse(status=429, body={"error": "too many"}), 429),
-        (OpenSearchResponse(status=503, body="unavailable"), 502),
+        (OpenSearchResponse(status=503, body="unavailable"), 503),
+        (OpenSearchResponse(status=500, body="boom"), 502),
+        (OpenSearchResponse(status=504, body="gateway timeout"), 504),
+        (OpenSearchResponse(status=413, body="too large"), 502),
         (OpenSearchResponse(status=403, body={"error": "no permissions for [indices:data/read/search]"}), 500),
+        (OpenSearchResponse(status=404, body={"error": "no such index [indices:data]"}), 500),
+        (OpenSearchResponse(status=400, body={"error": "parsing_exception indices:data"}), 500),
         (OpenSearchTimeout("no answer"), 504),
+        (OpenSearchConnectionError("TLS handshake failed"), 502),
+        (OpenSearchSomethingElse("reset"), 502),
     ],
 )
 def test_opensearch_failures_are_mapped(wired, result, status):
-    stubs = wired(GENERATOR="bedrock")
+    stubs = wired(DEFAULT_GENERATOR="bedrock")
     stubs.runtime.add_response("invoke_model", {"body": stream({"embedding": [0, 0, 0, 1]}), "contentType": "application/json"}, None)
     stubs.search.responses.append(result)
-    got, response, _ = call({"question": Q, "retriever": "opensearch"})
+    got, response, headers = call({"question": Q, "retriever": "opensearch"})
     assert got == status, response
-    assert "indices:data" not in json.dumps(response)
+    assert "indices:data" not in json.dumps(response) and "TLS" not in json.dumps(response)
+    assert ("Retry-After" in headers) == (status in (429, 503))
 
 
 def test_wrong_embedding_size_is_502(wired):
-    stubs = wired(GENERATOR="bedrock")
+    stubs = wired(DEFAULT_GENERATOR="bedrock")
     stubs.runtime.add_response("invoke_model", {"body": stream({"embedding": [0, 1]}), "contentType": "application/json"}, None)
     assert call({"question": Q, "retriever": "opensearch"})[0] == 502
 
@@ -210,7 +289,7 @@ class _Raises:
     ],
 )
 def test_transport_failures_and_bugs_are_mapped(error, status):
-    s = settings()
+    s = settings(DEFAULT_GENERATOR="bedrock")
     clients = aws_backend.AwsClients(s)
     clients.retrieval = _Raises(error)
     handler.configure(settings=s, backend=aws_backend.build(s, clients))

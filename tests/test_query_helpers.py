@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import botocore.session
@@ -23,13 +24,19 @@ from shared.opensearch_http import OpenSearchResponse
 
 REGION = "us-east-1"
 MODEL_ARN = f"arn:aws:bedrock:{REGION}::foundation-model/amazon.nova-lite-v1:0"
+ENDPOINT = "ragdev-generator"
+# The endpoint config name of the standard DescribeEndpoint answer: base version 3, fine-tuned 7.
+CONFIG_NAME = f"{ENDPOINT}-b3-f7-0123abcd"
 ENV = {
     "AWS_REGION": REGION,
-    "GENERATOR": "endpoint",
+    "STAGE_NAME": "dev",
+    "DEFAULT_GENERATOR": "finetuned",
     "BEDROCK_MODEL_ARN": MODEL_ARN,
-    "ENDPOINT_NAME": "RagDev-generator",
+    "ENDPOINT_NAME": ENDPOINT,
     "ENDPOINT_MODEL_NAME": "rag-generator",
     "ENDPOINT_SEQUENCE_LENGTH": "4096",
+    "SERVE_BASE": "true",
+    "ENDPOINT_POWER_PARAMETER": "/rag/dev/serving/endpoint",
     "KNOWLEDGE_BASE_ID": "KBTEST1234",
     "EMBEDDING_MODEL_ID": "amazon.titan-embed-text-v2:0",
     "EMBEDDING_DIMENSIONS": "4",
@@ -93,44 +100,93 @@ class Stubs:
 
     agent: Stubber
     runtime: Stubber
-    sagemaker: Stubber
+    sagemaker: Stubber  # sagemaker-runtime: InvokeEndpoint
+    control: Stubber  # sagemaker: DescribeEndpoint
+    ssm: Stubber  # GetParameter (the endpoint's power)
     search: FakeSearch
 
+    @property
+    def stubbers(self) -> tuple[Stubber, ...]:
+        return (self.agent, self.runtime, self.sagemaker, self.control, self.ssm)
+
     def verify(self) -> None:
-        for stub in (self.agent, self.runtime, self.sagemaker):
+        for stub in self.stubbers:
             stub.assert_no_pending_responses()
         assert not self.search.responses, "queued OpenSearch responses were not used"
 
 
 def make_clients(s: Settings) -> tuple[aws_backend.AwsClients, Stubs]:
     agent, runtime, sagemaker = raw_client("bedrock-agent-runtime"), raw_client("bedrock-runtime"), raw_client("sagemaker-runtime")
+    control, ssm = raw_client("sagemaker"), raw_client("ssm")
     clients = aws_backend.AwsClients(s)
     # cached_property: presetting the attribute replaces the lazily-made real client
     clients.retrieval = clients.managed_rag = agent
     clients.embedding = clients.bedrock = runtime
     clients.endpoint = sagemaker
+    clients.control, clients.control_ssm = control, ssm
     fake_search = FakeSearch()
     clients.search = fake_search
-    return clients, Stubs(Stubber(agent), Stubber(runtime), Stubber(sagemaker), fake_search)
+    return clients, Stubs(Stubber(agent), Stubber(runtime), Stubber(sagemaker), Stubber(control), Stubber(ssm), fake_search)
+
+
+def described(status: str = "InService", variants: tuple[str, ...] = ("base", "finetuned"), config: str = CONFIG_NAME,
+              pending: tuple[str, ...] = ()) -> dict:
+    """A DescribeEndpoint answer (every member its API model requires)."""
+    response: dict[str, Any] = {
+        "EndpointName": ENDPOINT,
+        "EndpointArn": f"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{ENDPOINT}",
+        "EndpointConfigName": config,
+        "EndpointStatus": status,
+        "CreationTime": datetime(2026, 11, 1, tzinfo=timezone.utc),
+        "LastModifiedTime": datetime(2026, 11, 2, tzinfo=timezone.utc),
+    }
+    if variants:
+        response["ProductionVariants"] = [{"VariantName": name, "CurrentInstanceCount": 1} for name in variants]
+    if pending:
+        response["PendingDeploymentSummary"] = {"EndpointConfigName": f"{ENDPOINT}-b3-f8-89abcdef",
+                                                "ProductionVariants": [{"VariantName": name} for name in pending]}
+    return response
+
+
+def describe_params() -> dict:
+    return {"EndpointName": ENDPOINT}
+
+
+def not_found(stub: Stubber) -> None:
+    """DescribeEndpoint's answer for an endpoint that does not exist (a ValidationException)."""
+    stub.add_client_error("describe_endpoint", service_error_code="ValidationException",
+                          service_message=f'Could not find endpoint "arn:aws:sagemaker:{REGION}:123456789012:endpoint/{ENDPOINT}".',
+                          http_status_code=400, expected_params=describe_params())
+
+
+def power(stub: Stubber, value: str) -> None:
+    stub.add_response("get_parameter", {"Parameter": {"Name": ENV["ENDPOINT_POWER_PARAMETER"], "Type": "String", "Value": value, "Version": 3}},
+                      {"Name": ENV["ENDPOINT_POWER_PARAMETER"]})
 
 
 @pytest.fixture
 def wired():
-    """A handler configured with the test environment and stubbed clients: yields (stubs, call)."""
+    """Configures the handler with the test environment and stubbed clients; `setup(**env)` returns the Stubs.
+
+    `endpoint` queues the first DescribeEndpoint answer (default: in service with both variants;
+    None queues nothing, for requests that never ask the endpoint's state).
+    """
     created: list[Stubs] = []
 
-    def setup(**overrides: str):
+    def setup(*, endpoint: dict | None = None, **overrides: str):
         s = settings(**overrides)
         clients, stubs = make_clients(s)
-        for stub in (stubs.agent, stubs.runtime, stubs.sagemaker):
+        for stub in stubs.stubbers:
             stub.activate()
+        if endpoint is not None:
+            stubs.control.add_response("describe_endpoint", endpoint, describe_params())
         handler.configure(settings=s, backend=aws_backend.build(s, clients))
         created.append(stubs)
         return stubs
 
     yield setup
     for stubs in created:
-        for stub in (stubs.agent, stubs.runtime, stubs.sagemaker):
+        for stub in stubs.stubbers:
             stub.deactivate()
     handler.configure()
 
@@ -203,4 +259,4 @@ def client_error(stub: Stubber, method: str, code: str, status: int = 400) -> No
 
 def test_settings_match_the_stub_environment():
     s = settings()
-    assert s.default_generator == "finetuned" and s.filterable_fields == ("category", "year") and s.endpoint_sequence_length == 4096
+    assert s.default_generator == "finetuned" and s.endpoint_name == ENDPOINT and s.filterable_fields == ("category", "year") and s.endpoint_sequence_length == 4096

@@ -15,6 +15,7 @@ from shared.opensearch_http import OpenSearchResponse
 from tests.test_query_helpers import (  # noqa: F401  (wired is a fixture)
     ENV,
     MODEL_ARN,
+    described,
     call,
     converse_response,
     endpoint_response,
@@ -45,13 +46,14 @@ def _endpoint_body(expected_user_contains: list[str]):
 
 
 def test_rag_kb_retriever_endpoint_generator_returns_only_cited_sources_in_order(wired):
-    stubs = wired()
+    stubs = wired(endpoint=described())
     stubs.agent.add_response("retrieve", retrieve_response("Rotation is yearly.", "Unrelated text.", "Use EnableKeyRotation."), retrieve_params(QUESTION))
     stubs.sagemaker.add_response(
         "invoke_endpoint",
         endpoint_response("Enable rotation with EnableKeyRotation [3]; it rotates yearly [1]. [9]"),
         {
             "EndpointName": ENV["ENDPOINT_NAME"],
+            "TargetVariant": "finetuned",
             "ContentType": CONTENT_TYPE,
             "Accept": CONTENT_TYPE,
             "Body": _endpoint_body(['<source n="1" origin="s3://docs/doc1.md">', "Rotation is yearly.", f"Question: {QUESTION}"]),
@@ -62,8 +64,8 @@ def test_rag_kb_retriever_endpoint_generator_returns_only_cited_sources_in_order
     stubs.verify()
     assert [c["n"] for c in body["citations"]] == [3, 1]  # order of first citation; [9] names no source
     assert body["citations"][0] == {"n": 3, "source": "s3://docs/doc3.md", "score": 0.6, "excerpt": "Use EnableKeyRotation."}
-    assert body["mode"] == "rag" and body["model"] == "sagemaker:RagDev-generator/finetuned"
-    assert body["generator"] == "finetuned" and body["model_version"] is None
+    assert body["mode"] == "rag" and body["model"] == "sagemaker:ragdev-generator/finetuned"
+    assert body["generator"] == "finetuned" and body["model_version"] == "7"  # from the endpoint config's name
     assert body["usage"] == {"input_tokens": 120, "output_tokens": 30}
     assert set(body["timings_ms"]) == {"retrieve", "generate", "total"}
     assert body["timings_ms"]["total"] >= body["timings_ms"]["generate"]
@@ -71,7 +73,7 @@ def test_rag_kb_retriever_endpoint_generator_returns_only_cited_sources_in_order
 
 
 def test_rag_with_bedrock_generator_uses_converse(wired):
-    stubs = wired(GENERATOR="bedrock")
+    stubs = wired(DEFAULT_GENERATOR="bedrock")
     stubs.agent.add_response("retrieve", retrieve_response("Alpha fact."), retrieve_params(QUESTION, top_k=2))
     stubs.runtime.add_response(
         "converse",
@@ -92,7 +94,7 @@ def test_rag_with_bedrock_generator_uses_converse(wired):
 
 
 def test_rag_kb_retriever_translates_filters(wired):
-    stubs = wired(GENERATOR="bedrock")
+    stubs = wired(DEFAULT_GENERATOR="bedrock")
     expected_filter = {"andAll": [{"equals": {"key": "category", "value": "security"}}, {"in": {"key": "year", "value": [2024, 2025]}}]}
     stubs.agent.add_response("retrieve", retrieve_response("Fact."), retrieve_params(QUESTION, flt=expected_filter))
     stubs.runtime.add_response("converse", converse_response("No citation here."), None)
@@ -103,7 +105,7 @@ def test_rag_kb_retriever_translates_filters(wired):
 
 
 def test_rag_opensearch_retriever_embeds_then_runs_hybrid_query_through_the_pipeline(wired):
-    stubs = wired(GENERATOR="bedrock")
+    stubs = wired(DEFAULT_GENERATOR="bedrock")
     stubs.runtime.add_response(
         "invoke_model",
         {"body": stream({"embedding": [0.1, 0.2, 0.3, 0.4], "inputTextTokenCount": 7}), "contentType": "application/json"},
@@ -137,7 +139,7 @@ def test_rag_opensearch_retriever_embeds_then_runs_hybrid_query_through_the_pipe
 
 
 def test_kb_mode_uses_retrieve_and_generate_and_numbers_references(wired):
-    stubs = wired()
+    stubs = wired()  # mode kb never asks the endpoint's state
     answer = "Keys rotate yearly. Use EnableKeyRotation."
     reference = lambda uri, text: {"content": {"text": text}, "location": {"type": "S3", "s3Location": {"uri": uri}}}  # noqa: E731
     stubs.agent.add_response(
@@ -175,11 +177,11 @@ def test_kb_mode_uses_retrieve_and_generate_and_numbers_references(wired):
 
 
 def test_prompt_mode_calls_no_retriever(wired):
-    stubs = wired()
+    stubs = wired(endpoint=described())
     stubs.sagemaker.add_response(
         "invoke_endpoint",
         endpoint_response("Probably yearly [1]."),
-        {"EndpointName": ENV["ENDPOINT_NAME"], "ContentType": CONTENT_TYPE, "Accept": CONTENT_TYPE, "Body": _endpoint_body([f"Question: {QUESTION}"])},
+        {"EndpointName": ENV["ENDPOINT_NAME"], "TargetVariant": "finetuned", "ContentType": CONTENT_TYPE, "Accept": CONTENT_TYPE, "Body": _endpoint_body([f"Question: {QUESTION}"])},
     )
     status, body, _ = call({"question": QUESTION, "mode": "prompt"})
     assert status == 200, body
@@ -188,20 +190,26 @@ def test_prompt_mode_calls_no_retriever(wired):
 
 
 def test_prompt_mode_with_bedrock(wired):
-    stubs = wired(GENERATOR="bedrock")
+    stubs = wired(DEFAULT_GENERATOR="bedrock")
     stubs.runtime.add_response("converse", converse_response("Baseline."), None)
     status, body, _ = call({"question": QUESTION, "mode": "prompt"})
     assert status == 200 and body["answer"] == "Baseline." and body["model"] == "amazon.nova-lite-v1:0"
 
 
-def test_health_reports_prompt_version_without_calling_models(wired):
-    wired()
+def test_health_says_what_is_deployed_without_calling_models(wired):
+    stubs = wired(endpoint=described(variants=("finetuned",), config="ragdev-generator-b0-f7-0123abcd"))
     status, body, _ = call(method="GET", resource="/health")
+    stubs.verify()  # one DescribeEndpoint, no model call
     assert status == 200 and body["status"] == "ok" and body["prompt_version"].startswith("rag-")
+    assert body["default_generator"] == "finetuned"
+    assert body["generators"]["finetuned"] == {"available": True, "model": "sagemaker:ragdev-generator/finetuned", "version": "7", "reason": None}
+    base = body["generators"]["base"]
+    assert base["available"] is False and base["version"] is None and "has no model on stage 'dev' yet" in base["reason"]
+    assert body["generators"]["bedrock"] == {"available": True, "model": "amazon.nova-lite-v1:0", "version": None, "reason": None}
 
 
 def test_endpoint_prompt_is_trimmed_to_the_model_context(wired):
-    stubs = wired(ENDPOINT_SEQUENCE_LENGTH="400", MAX_NEW_TOKENS="100")  # (400-100)*3 chars of budget
+    stubs = wired(endpoint=described(), ENDPOINT_SEQUENCE_LENGTH="600", MAX_NEW_TOKENS="100")
     stubs.agent.add_response("retrieve", retrieve_response("a" * 300, "b" * 300, "c" * 300), retrieve_params(QUESTION))
     sent = {}
 
@@ -210,7 +218,8 @@ def test_endpoint_prompt_is_trimmed_to_the_model_context(wired):
             sent["user"] = json.loads(other)["messages"][-1]["content"]
             return True
 
-    stubs.sagemaker.add_response("invoke_endpoint", endpoint_response("A [1]."), {"EndpointName": ANY, "ContentType": ANY, "Accept": ANY, "Body": Capture()})
+    stubs.sagemaker.add_response("invoke_endpoint", endpoint_response("A [1]."),
+                                 {"EndpointName": ANY, "TargetVariant": "finetuned", "ContentType": ANY, "Accept": ANY, "Body": Capture()})
     status, _, _ = call({"question": QUESTION})
     assert status == 200
     assert 'n="1"' in sent["user"] and 'n="3"' not in sent["user"]

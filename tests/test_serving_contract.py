@@ -193,7 +193,7 @@ def test_script_verifies_against_a_table_file(tmp_path, capsys):
 # --- inference config -----------------------------------------------------------------------------
 
 def _stage_inference(**inference):
-    return load_config({"stages": {"dev": {"inference": inference, "serving": {"generator": "bedrock"}}}}).stages["dev"].inference
+    return load_config({"stages": {"dev": {"inference": inference, "serving": {"default_generator": "bedrock"}}}}).stages["dev"].inference
 
 
 @pytest.mark.parametrize(

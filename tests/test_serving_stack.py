@@ -8,9 +8,11 @@ import json
 import aws_cdk as cdk
 import pytest
 
-from stacks.config import ServingConfig, StageConfig
+from shared import model_record
+from stacks.config import InferenceConfig, ServingConfig, StageConfig
+from stacks.constructs.bedrock_model import MODEL_REGIONS, BedrockModel, UnsupportedModelRegionError
 from stacks.constructs.python_function import RUNTIME
-from stacks.serving_stack import INTEGRATION_TIMEOUT_S, ServingStack, bedrock_model_arns
+from stacks.serving_stack import INTEGRATION_TIMEOUT_S, REQUEST_GENERATORS, ServingStack, endpoint_name, power_parameter
 
 STAGES = ("dev", "prod")
 
@@ -56,7 +58,8 @@ def test_query_body_is_validated_against_the_request_model(serving):
     schema = template["Resources"][model_name]["Properties"]["Schema"]
     assert schema["$schema"] == "http://json-schema.org/draft-04/schema#"
     assert schema["additionalProperties"] is False and schema["required"] == ["question"]
-    assert set(schema["properties"]) == {"question", "mode", "retriever", "top_k", "filters"}
+    assert set(schema["properties"]) == {"question", "mode", "retriever", "top_k", "filters", "generator"}
+    assert schema["properties"]["generator"] == {"type": "string", "enum": ["bedrock", "base", "finetuned"]}
     assert schema["properties"]["question"]["maxLength"] == stage.serving.max_question_chars
     assert schema["properties"]["top_k"] == {"type": "integer", "minimum": 1, "maximum": stage.serving.max_top_k}
     assert schema["properties"]["mode"]["enum"] == ["rag", "kb", "prompt"]
@@ -95,30 +98,52 @@ def test_function_settings_come_from_config(serving):
 
 def test_role_statements_are_least_privilege(serving):
     stage, template = serving
-    policies = {name: r["Properties"] for name, r in _resources(template, "AWS::IAM::Policy").items()}
-    query = next(p for name, p in policies.items() if name.startswith("QueryPolicy"))
+    policies = {name: r for name, r in _resources(template, "AWS::IAM::Policy").items()}
+    query = next(p["Properties"] for name, p in policies.items() if name.startswith("QueryPolicy"))
     statements = {s["Sid"]: s for s in query["PolicyDocument"]["Statement"]}
-    expected = {"KnowledgeBaseRetrieve", "InvokeModels"} | ({"InvokeEndpoint"} if stage.serving.generator == "endpoint" else set())
-    assert set(statements) == expected
+    assert set(statements) == {"KnowledgeBaseRetrieve", "InvokeModels", "InvokeEndpoint", "ReadEndpointPower"}  # both stages have inference
     kb = statements["KnowledgeBaseRetrieve"]
     assert kb["Action"] == ["bedrock:Retrieve", "bedrock:RetrieveAndGenerate"]
     assert "KnowledgeBaseArn" in kb["Resource"]["Fn::ImportValue"]
     models = statements["InvokeModels"]
-    assert models["Action"] == "bedrock:InvokeModel"
-    arns = sorted(json.dumps(r) for r in models["Resource"])
-    assert len(arns) == 2
-    assert any(stage.serving.bedrock_model_id in arn for arn in arns)
-    assert any(stage.knowledge_base.embedding_model_id in arn for arn in arns)
-    if "InvokeEndpoint" in statements:
-        assert statements["InvokeEndpoint"]["Action"] == "sagemaker:InvokeEndpoint"
-        assert f":endpoint/{stage.stack_prefix.lower()}-generator" in json.dumps(statements["InvokeEndpoint"]["Resource"])
+    assert models["Action"] == "bedrock:InvokeModel" and len(models["Resource"]) == 2
+    generation, embedding = (json.dumps(r) for r in models["Resource"])
+    assert "Fn::If" in generation and "foundation-model/amazon.nova-lite-v1:0" in generation and ":inference-profile/" in generation
+    assert "foundation-model/" + stage.knowledge_base.embedding_model_id in embedding and "Fn::If" not in embedding
+    endpoint = statements["InvokeEndpoint"]
+    assert endpoint["Action"] == ["sagemaker:DescribeEndpoint", "sagemaker:InvokeEndpoint"]
+    assert json.dumps(endpoint["Resource"]).endswith(f':endpoint/{stage.stack_prefix.lower()}-generator"]]}}')
+    power = statements["ReadEndpointPower"]
+    assert power["Action"] == "ssm:GetParameter"
+    assert json.dumps(power["Resource"]).endswith(f':parameter{model_record.power_parameter(stage.name)}"]]}}')
     for statement in query["PolicyDocument"]["Statement"]:
         assert statement["Effect"] == "Allow" and "*" not in json.dumps(statement["Action"])
         assert json.dumps(statement["Resource"]).count("*") == 0
-    logging = next(p for name, p in policies.items() if name.startswith("QueryLoggingPolicy"))
+    logging = next(p["Properties"] for name, p in policies.items() if name.startswith("QueryLoggingPolicy"))
     (log_statement,) = logging["PolicyDocument"]["Statement"]
     assert log_statement["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]
     assert "Fn::GetAtt" in log_statement["Resource"]  # its own log group only
+
+
+def test_the_profile_grants_exist_only_where_the_model_is_reached_through_a_profile(serving):
+    stage, template = serving
+    (name, policy), = [(n, p) for n, p in _resources(template, "AWS::IAM::Policy").items() if n.startswith("GenerationModelProfilePolicy")]
+    condition = template["Conditions"][policy["Condition"]]
+    on_demand = template["Conditions"][condition["Fn::Not"][0]["Condition"]]
+    mapping_name = on_demand["Fn::Equals"][0]["Fn::FindInMap"][0]
+    mapping = template["Mappings"][mapping_name]
+    known = MODEL_REGIONS[stage.serving.bedrock_model_id]
+    assert set(mapping) == set(known.regions())
+    assert {region for region, row in mapping.items() if row["Form"] == "on-demand"} == set(known.on_demand)
+    assert mapping["us-west-2"] == {"Form": "profile", "Profile": "us.amazon.nova-lite-v1:0"}
+    assert mapping["eu-west-1"]["Profile"] == "eu.amazon.nova-lite-v1:0" and mapping["ap-south-1"]["Profile"] == "apac.amazon.nova-lite-v1:0"
+    through, read = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert through["Action"] == "bedrock:InvokeModel" and ":bedrock:*::foundation-model/amazon.nova-lite-v1:0" in json.dumps(through["Resource"])
+    assert list(through["Condition"]["StringEquals"]) == ["bedrock:InferenceProfileArn"]
+    assert through["Condition"]["StringEquals"]["bedrock:InferenceProfileArn"] == read["Resource"]  # only through this profile
+    assert read["Action"] == "bedrock:GetInferenceProfile"
+    (rule,) = [r for name, r in template["Rules"].items() if name.startswith("GenerationModelRegionSupported")]
+    assert rule["Assertions"][0]["Assert"]["Fn::Contains"][0] == list(known.regions())
 
 
 def test_query_role_in_search_stack_only_reads_the_index(synth):
@@ -137,15 +162,58 @@ def test_outputs_give_the_client_its_url(serving):
 # --- without a synth: the pieces that vary by config -------------------------------------------
 
 
-def test_inference_profile_ids_grant_the_profile_and_its_model_in_any_region():
-    stack = cdk.Stack(cdk.App(), "Probe", env=cdk.Environment(account="123456789012", region="eu-west-1"))
-    text = lambda token: json.dumps(stack.resolve(token)).replace('{"Ref": "AWS::Partition"}', "aws")  # noqa: E731
-    arn, grants = bedrock_model_arns(stack, "eu.amazon.nova-lite-v1:0")
-    assert ":bedrock:eu-west-1:123456789012:inference-profile/eu.amazon.nova-lite-v1:0" in text(arn)
-    assert len(grants) == 2 and ":bedrock:*::foundation-model/amazon.nova-lite-v1:0" in text(grants[1])
-    arn, grants = bedrock_model_arns(stack, "amazon.nova-lite-v1:0")
-    assert grants == [arn] and ":bedrock:eu-west-1::foundation-model/amazon.nova-lite-v1:0" in text(arn)
-    assert len(bedrock_model_arns(stack, "ai21.jamba-1-5-large-v1:0")[1]) == 1  # a 4-letter provider is not a geography
+def _probe(region: str | None = "eu-west-1") -> tuple[cdk.Stack, callable]:
+    env = cdk.Environment(account="123456789012", region=region) if region else None
+    stack = cdk.Stack(cdk.App(), "Probe", env=env)
+    return stack, lambda token: json.dumps(stack.resolve(token)).replace('{"Ref": "AWS::Partition"}', "aws")
+
+
+def test_an_inference_profile_id_grants_the_profile_and_its_model_only_through_it():
+    stack, text = _probe()
+    model = BedrockModel(stack, "M", model_id="eu.amazon.nova-lite-v1:0", config_key="k")
+    assert ":bedrock:eu-west-1:123456789012:inference-profile/eu.amazon.nova-lite-v1:0" in text(model.invoke_arn)
+    through, read = (stack.resolve(s.to_statement_json()) for s in model.profile_statements)
+    assert ":bedrock:*::foundation-model/amazon.nova-lite-v1:0" in text(through["Resource"])
+    assert through["Condition"] == {"StringEquals": {"bedrock:InferenceProfileArn": stack.resolve(model.invoke_arn)}}
+    assert model.profile_condition is None and read["Action"] == "bedrock:GetInferenceProfile"
+
+
+@pytest.mark.parametrize(
+    "region, expected",
+    [
+        ("us-east-1", ":bedrock:us-east-1::foundation-model/amazon.nova-lite-v1:0"),  # on demand in-region
+        ("eu-west-2", ":bedrock:eu-west-2::foundation-model/amazon.nova-lite-v1:0"),
+        ("us-west-2", ":bedrock:us-west-2:123456789012:inference-profile/us.amazon.nova-lite-v1:0"),
+        ("eu-central-1", ":bedrock:eu-central-1:123456789012:inference-profile/eu.amazon.nova-lite-v1:0"),
+        ("ap-northeast-2", ":bedrock:ap-northeast-2:123456789012:inference-profile/apac.amazon.nova-lite-v1:0"),
+    ],
+)
+def test_a_known_model_in_a_concrete_region_is_called_in_the_form_that_region_offers(region, expected):
+    stack, text = _probe(region)
+    model = BedrockModel(stack, "M", model_id="amazon.nova-lite-v1:0", config_key="k")
+    assert expected in text(model.invoke_arn)
+    assert bool(model.profile_statements) == (":inference-profile/" in expected)
+    assert model.profile_condition is None and model.node.try_find_child("ByRegion") is None  # decided at synth, no mapping
+
+
+def test_a_known_model_in_a_region_without_it_fails_at_synth_naming_the_key():
+    stack, _ = _probe("sa-east-1")
+    with pytest.raises(UnsupportedModelRegionError, match=r"invalid config stages.dev.serving.bedrock_model_id='amazon.nova-lite-v1:0'.*sa-east-1"):
+        BedrockModel(stack, "M", model_id="amazon.nova-lite-v1:0", config_key="stages.dev.serving.bedrock_model_id")
+
+
+def test_other_models_are_called_in_region_and_a_provider_is_not_a_geography():
+    stack, text = _probe()
+    for model_id in ("amazon.titan-embed-text-v2:0", "meta.llama3-8b-instruct-v1:0", "ai21.jamba-1-5-large-v1:0"):
+        model = BedrockModel(stack, model_id.split(".")[0].replace("-", ""), model_id=model_id, config_key="k")
+        assert f":bedrock:eu-west-1::foundation-model/{model_id}" in text(model.invoke_arn) and not model.profile_statements
+
+
+def test_the_endpoint_name_and_power_parameter_follow_contract_3():
+    stage = StageConfig(name="lab")
+    assert endpoint_name(stage) == "raglab-generator" and power_parameter("lab") == model_record.power_parameter("lab")
+    assert endpoint_name(StageConfig(name="lab", inference=InferenceConfig(enabled=False), serving=ServingConfig(default_generator="bedrock"))) is None
+    assert REQUEST_GENERATORS == ["bedrock", "base", "finetuned"]
 
 
 class _Index:
@@ -158,11 +226,20 @@ class _Fake:
         self.__dict__.update(attrs)
 
 
-def test_a_bedrock_generator_stage_gets_no_endpoint_settings():
-    stage = StageConfig(name="lab", serving=ServingConfig(generator="bedrock"))
-    env = ServingStack._environment(stage, _Fake(index=_Index()), _Fake(knowledge_base_id="KB"), _Fake(endpoint_name=None), "arn", False)
-    assert env["GENERATOR"] == "bedrock" and not any(key.startswith("ENDPOINT_") for key in env)
+def test_a_stage_without_inference_gets_no_endpoint_settings():
+    stage = StageConfig(name="lab", inference=InferenceConfig(enabled=False))
+    env = ServingStack._environment(stage, _Fake(index=_Index()), _Fake(knowledge_base_id="KB"), "arn", None)
+    assert env["DEFAULT_GENERATOR"] == "auto" and env["STAGE_NAME"] == "lab"
+    assert not any(key.startswith("ENDPOINT_") for key in env) and "SERVE_BASE" not in env
     assert env["FILTERABLE_FIELDS"] == "a,b" and env["GENERATION_TIMEOUT_S"] == str(stage.serving.generation_timeout_s)
+
+
+def test_a_stage_with_inference_gets_the_endpoint_whether_or_not_it_exists():
+    stage = StageConfig(name="lab", serving=ServingConfig(default_generator="finetuned"))
+    env = ServingStack._environment(stage, _Fake(index=_Index()), _Fake(knowledge_base_id="KB"), "arn", endpoint_name(stage))
+    assert env["ENDPOINT_NAME"] == "raglab-generator" and env["ENDPOINT_POWER_PARAMETER"] == "/rag/lab/serving/endpoint"
+    assert env["ENDPOINT_SEQUENCE_LENGTH"] == str(stage.inference.sequence_length) and env["SERVE_BASE"] == "true"
+    assert env["DEFAULT_GENERATOR"] == "finetuned" and env["ENDPOINT_MODEL_NAME"] == "rag-generator"
 
 
 def test_timeouts_leave_the_function_time_to_answer():

@@ -176,7 +176,7 @@ def test_auto_deploy_without_endpoint_fails_at_synth_naming_the_key():
         endpoint_name = None
         execution_role = None
 
-    stage = StageConfig(name="noep", training=TrainingConfig(auto_deploy=True), inference=InferenceConfig(enabled=False), serving=ServingConfig(generator="bedrock"))
+    stage = StageConfig(name="noep", training=TrainingConfig(auto_deploy=True), inference=InferenceConfig(enabled=False), serving=ServingConfig(default_generator="bedrock"))
     app = cdk.App(context={k: v for k, v in json.loads((ROOT / "cdk.json").read_text())["context"].items() if k != "stages"})
     storage = StorageStack(app, "S", stage=stage)
     with pytest.raises(ConfigError, match=r"stages\.noep\.training\.auto_deploy"):

@@ -10,17 +10,22 @@ endpoint, one production variant each) and `bedrock` (Converse on the configured
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
-from shared import aws_clients, opensearch_http
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared import aws_clients, model_record, opensearch_http
 from shared.endpoint_codec import Generation
 
-from . import generators, prompts, retrievers
-from .service import Backend, GeneratorStatus, ManagedAnswer
-from . import citations
+from . import citations, generators, prompts, retrievers
+from .service import Backend, GeneratorStatus, GeneratorUnavailable, ManagedAnswer
 from .settings import Settings
 
+# Geography prefixes of cross-region inference profile ids (us.amazon.nova-lite-v1:0).
+GEO_PREFIXES = frozenset({"us", "eu", "apac", "jp", "au", "ca", "global", "us-gov"})
 # Context windows (prompt + answer, tokens) of Bedrock models this project is tested with; any
 # other model id is treated as unbounded (Bedrock then rejects an over-long prompt itself).
 BEDROCK_CONTEXT_TOKENS = {
@@ -58,6 +63,14 @@ class AwsClients:
     @cached_property
     def endpoint(self):  # sagemaker-runtime InvokeEndpoint
         return self._client("sagemaker-runtime", self.settings.generation_timeout_s, 2)
+
+    @cached_property
+    def control(self):  # sagemaker DescribeEndpoint (cached by EndpointState)
+        return self._client("sagemaker", self.settings.retrieval_timeout_s, 2)
+
+    @cached_property
+    def control_ssm(self):  # ssm GetParameter on the endpoint's power parameter
+        return self._client("ssm", self.settings.retrieval_timeout_s, 2)
 
     @cached_property
     def search(self):
@@ -123,7 +136,8 @@ class BedrockGenerator:
     def __init__(self, settings: Settings, clients: AwsClients):
         self.settings, self.clients = settings, clients
         model = settings.bedrock_model_id
-        self._status = GeneratorStatus(self.name, True, model, None, None, BEDROCK_CONTEXT_TOKENS.get(model))
+        base_model = model.split(".", 1)[1] if model and model.split(".", 1)[0] in GEO_PREFIXES else model
+        self._status = GeneratorStatus(self.name, True, model, None, None, BEDROCK_CONTEXT_TOKENS.get(base_model))
 
     def status(self) -> GeneratorStatus:
         return self._status
@@ -134,35 +148,184 @@ class BedrockGenerator:
         )
 
 
-class EndpointGenerator:
-    """One role (`base` or `finetuned`) on the stage's Inferentia2 endpoint."""
+# Endpoint statuses in which the current production variants answer (SageMaker keeps serving
+# the old fleet during an update or a rollback; UpdateRollbackFailed still serves a mix).
+SERVING_STATUSES = frozenset({"InService", "Updating", "SystemUpdating", "RollingBack", "UpdateRollbackFailed"})
+STATE_TTL_S = 30.0  # how long one DescribeEndpoint (and power reading) answers for
+STATE_ERROR_TTL_S = 5.0  # a failed reading is retried sooner
+RETRY_CREATING_S = 60  # Retry-After while the endpoint or a variant is being created
+RETRY_ABSENT_S = 600  # Retry-After while a model is missing or the endpoint is off (an operator must act)
+RETRY_UNKNOWN_S = 5  # Retry-After when the endpoint's state could not be read
 
-    def __init__(self, role: str, settings: Settings, clients: AwsClients):
-        self.name, self.settings, self.clients = role, settings, clients
+
+@dataclass(frozen=True)
+class EndpointSnapshot:
+    """What one DescribeEndpoint (plus the power parameter, when the endpoint is absent) said."""
+
+    exists: bool
+    status: Optional[str] = None
+    variants: frozenset = frozenset()  # production variants serving now
+    pending: frozenset = frozenset()  # variants of a deployment in progress
+    versions: Mapping[str, Optional[str]] = field(default_factory=dict)  # role -> model version
+    power: Optional[bool] = None  # the power parameter: None = not read (the endpoint exists) or not set
+    power_missing: bool = False  # the power parameter does not exist (the stage was never fully deployed)
+    error: Optional[str] = None  # the AWS error code when the state could not be read
+
+
+class EndpointState:
+    """The stage's endpoint, read at most once per STATE_TTL_S per container (shared by both roles)."""
+
+    def __init__(self, settings: Settings, clients: "AwsClients", clock: Callable[[], float] = time.monotonic):
+        self.settings, self.clients, self.clock = settings, clients, clock
+        self._snapshot: Optional[EndpointSnapshot] = None
+        self._expires = 0.0
+
+    def snapshot(self) -> EndpointSnapshot:
+        now = self.clock()
+        if self._snapshot is None or now >= self._expires:
+            self._snapshot = self._read()
+            self._expires = now + (STATE_ERROR_TTL_S if self._snapshot.error else STATE_TTL_S)
+        return self._snapshot
+
+    def invalidate(self) -> None:
+        self._snapshot = None
+
+    def _read(self) -> EndpointSnapshot:
+        try:
+            described = self.clients.control.describe_endpoint(EndpointName=self.settings.endpoint_name)
+        except ClientError as error:
+            code = _error_code(error)
+            if code == "ValidationException" and "not find" in str(error).lower():
+                return EndpointSnapshot(exists=False, **self._power())
+            return EndpointSnapshot(exists=False, error=code or "ClientError")
+        except (BotoCoreError, aws_clients.DeadlineExceeded) as error:
+            return EndpointSnapshot(exists=False, error=type(error).__name__)
+        status = described.get("EndpointStatus")
+        variants = frozenset(v.get("VariantName") for v in described.get("ProductionVariants") or [])
+        pending = frozenset(v.get("VariantName") for v in (described.get("PendingDeploymentSummary") or {}).get("ProductionVariants") or [])
+        try:
+            versions = model_record.versions_from_config_name(described.get("EndpointConfigName") or "")
+        except model_record.RecordError:
+            versions = {}
+        power = self._power()["power"] if status == "Deleting" else None
+        return EndpointSnapshot(exists=True, status=status, variants=variants, pending=pending, versions=versions, power=power)
+
+    def _power(self) -> dict:
+        """{"power": True | False | None, "power_missing": bool, "error": code | None} from the power parameter."""
+        try:
+            value = self.clients.control_ssm.get_parameter(Name=self.settings.power_parameter)["Parameter"]["Value"]
+        except ClientError as error:
+            code = _error_code(error)
+            if code == "ParameterNotFound":
+                return {"power": None, "power_missing": True, "error": None}
+            return {"power": None, "power_missing": False, "error": code or "ClientError"}
+        except (BotoCoreError, aws_clients.DeadlineExceeded) as error:
+            return {"power": None, "power_missing": False, "error": type(error).__name__}
+        try:
+            return {"power": model_record.parse_power(value), "power_missing": False, "error": None}
+        except model_record.RecordError:
+            return {"power": None, "power_missing": False, "error": "InvalidPowerValue"}
+
+
+class EndpointGenerator:
+    """One role (`base` or `finetuned`) on the stage's Inferentia2 endpoint: a production variant."""
+
+    def __init__(self, role: str, settings: Settings, clients: "AwsClients", state: Optional[EndpointState]):
+        self.name, self.settings, self.clients, self.state = role, settings, clients, state
 
     def status(self) -> GeneratorStatus:
-        s = self.settings
-        if s.endpoint_name is None:
-            return GeneratorStatus(
-                self.name, False, None, None,
-                f"generator {self.name!r} needs the stage's Inferentia2 endpoint, and this stage has none "
-                "(inference.enabled is false in its config): enable it and deploy",
-                None,
+        s, role = self.settings, self.name
+        if s.endpoint_name is None or self.state is None:
+            return self._unavailable(
+                f"generator {role!r} needs an Inferentia2 endpoint and stage {s.stage!r} has none "
+                "(inference.enabled is false in its config): set it to true and deploy the stage",
+                None, RETRY_ABSENT_S,
             )
-        model = f"sagemaker:{s.endpoint_name}/{self.name}"
-        if self.name != "finetuned":  # a single-model endpoint serves the fine-tuned model only
-            return GeneratorStatus(self.name, False, model, None, f"generator {self.name!r} has no model on this stage yet", s.endpoint_sequence_length)
-        return GeneratorStatus(self.name, True, model, None, None, s.endpoint_sequence_length)
+        model = f"sagemaker:{s.endpoint_name}/{role}"
+        if role == "base" and not s.serve_base:
+            return self._unavailable(
+                f"generator 'base' is switched off on stage {s.stage!r} (inference.serve_base is false in its config): "
+                "set it to true and deploy the stage",
+                model, RETRY_ABSENT_S,
+            )
+        snap = self.state.snapshot()
+        if snap.error:
+            return self._unavailable(
+                f"the state of endpoint {s.endpoint_name!r} could not be read ({snap.error}); retry shortly", model, RETRY_UNKNOWN_S
+            )
+        variant = model_record.VARIANT_NAMES[role]
+        if snap.exists and snap.status in SERVING_STATUSES and variant in snap.variants:
+            return GeneratorStatus(role, True, model, snap.versions.get(role), None, s.endpoint_sequence_length)
+        if snap.exists and (snap.status == "Creating" or variant in snap.pending):
+            return self._unavailable(
+                f"generator {role!r} is being deployed on endpoint {s.endpoint_name!r} (status {snap.status}): retry in a few minutes",
+                model, RETRY_CREATING_S,
+            )
+        if snap.exists and snap.status == "Deleting" and snap.power is True:
+            return self._unavailable(
+                f"endpoint {s.endpoint_name!r} is being replaced: retry in a few minutes", model, RETRY_CREATING_S
+            )
+        if not snap.exists and snap.power_missing:
+            return self._unavailable(
+                f"stage {s.stage!r} has no serving record yet (SSM parameter {s.power_parameter} is missing): "
+                f"deploy the stage (make deploy STAGE={s.stage})",
+                model, RETRY_ABSENT_S,
+            )
+        if snap.exists and snap.status == "Deleting" or not snap.exists and snap.power is False:
+            return self._unavailable(
+                f"generator {role!r} is switched off on stage {s.stage!r} (its endpoint is off to save cost): "
+                f"switch it on with {POWER_ON_COMMAND.format(stage=s.stage)} and retry in about 15 minutes",
+                model, RETRY_ABSENT_S,
+            )
+        if snap.exists and snap.status not in SERVING_STATUSES:
+            return self._unavailable(
+                f"endpoint {s.endpoint_name!r} is {snap.status}: see its FailureReason "
+                f"(aws sagemaker describe-endpoint --endpoint-name {s.endpoint_name}) and the Inference stack's events",
+                model, RETRY_CREATING_S,
+            )
+        return self._unavailable(
+            f"generator {role!r} has no model on stage {s.stage!r} yet: {HOW_TO_DEPLOY[role].format(stage=s.stage)}",
+            model, RETRY_ABSENT_S,
+        )
+
+    def _unavailable(self, reason: str, model: Optional[str], retry: int) -> GeneratorStatus:
+        return GeneratorStatus(self.name, False, model, None, reason, self.settings.endpoint_sequence_length, retry)
 
     def generate(self, prompt: prompts.Prompt, *, question: str, passages: Sequence[prompts.Passage], max_tokens: int, temperature: float) -> Generation:
-        return generators.generate_endpoint(
-            self.clients.endpoint,
-            endpoint_name=self.settings.endpoint_name,
-            served_model=self.settings.endpoint_model,
-            prompt=prompt,
-            max_tokens=max_tokens,
-            temperature=temperature,
-        )
+        try:
+            return generators.generate_endpoint(
+                self.clients.endpoint,
+                endpoint_name=self.settings.endpoint_name,
+                variant=model_record.VARIANT_NAMES[self.name],
+                served_model=self.settings.endpoint_model,
+                prompt=prompt,
+                max_tokens=max_tokens,
+                temperature=temperature,
+            )
+        except ClientError as error:
+            if _error_code(error) == "ValidationError" and self.state is not None:
+                # The endpoint or the variant may have gone since the cached reading (switched off,
+                # a deploy removed the variant): read it again and say so if it is not available.
+                self.state.invalidate()
+                now = self.status()
+                if not now.available:
+                    raise GeneratorUnavailable(now) from error
+            raise
+
+
+# What the 503 of an endpoint generator without a model tells the caller to run (scripts of the
+# model lifecycle, see the README's model lifecycle section).
+HOW_TO_DEPLOY = {
+    "finetuned": "start a fine-tuning run with scripts/start_training.py --stage {stage} --data <training data prefix>/ "
+                 "(the pipeline deploys the new version when training.auto_deploy is on, or once you approve it)",
+    "base": "compile the base model for Inferentia2 with a compile-only run of scripts/start_training.py --stage {stage} "
+            "(see the README's model lifecycle section)",
+}
+POWER_ON_COMMAND = "scripts/endpoint_power.py --stage {stage} on"
+
+
+def _error_code(error: ClientError) -> str:
+    return str(((getattr(error, "response", None) or {}).get("Error") or {}).get("Code", ""))
 
 
 class ManagedRag:
@@ -195,11 +358,12 @@ class ManagedRag:
 def build(settings: Settings, clients: Optional[AwsClients] = None) -> Backend:
     """The deployed stage's backend (clients are made on first use unless given)."""
     clients = clients or AwsClients(settings)
+    state = EndpointState(settings, clients) if settings.endpoint_name else None
     return Backend(
         retrievers={"kb": KnowledgeBaseRetriever(settings, clients), "opensearch": OpenSearchRetriever(settings, clients)},
         generators={
-            "finetuned": EndpointGenerator("finetuned", settings, clients),
-            "base": EndpointGenerator("base", settings, clients),
+            "finetuned": EndpointGenerator("finetuned", settings, clients, state),
+            "base": EndpointGenerator("base", settings, clients, state),
             "bedrock": BedrockGenerator(settings, clients),
         },
         managed_rag=ManagedRag(settings, clients),

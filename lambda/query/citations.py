@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
+from shared.api import scrub_surrogates
+
 from .prompts import Passage
 from .retrievers import location_uri
 
@@ -30,7 +32,7 @@ def cited_numbers(answer: str, available: int) -> list[int]:
 
 
 def excerpt(text: str) -> str:
-    text = " ".join(text.split())
+    text = " ".join(scrub_surrogates(text).split())
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1].rstrip() + "…"
 
 

@@ -1,4 +1,4 @@
-"""Generators for modes rag and prompt: the Inferentia2 endpoint, or a Bedrock model via Converse.
+"""Generators for modes rag and prompt: a variant of the Inferentia2 endpoint, or Bedrock's Converse.
 
 Both take a `Prompt` and return the serving contract's `Generation` (text + token counts).
 """
@@ -10,10 +10,11 @@ from shared.endpoint_codec import CONTENT_TYPE, EndpointPayloadError, Generation
 from .prompts import Prompt
 
 
-def generate_endpoint(client, *, endpoint_name: str, served_model: str, prompt: Prompt, max_tokens: int, temperature: float) -> Generation:
-    """InvokeEndpoint on the fine-tuned model (vLLM Neuronx container, chat-completions body)."""
+def generate_endpoint(client, *, endpoint_name: str, variant: str, served_model: str, prompt: Prompt, max_tokens: int, temperature: float) -> Generation:
+    """InvokeEndpoint on one production variant (vLLM Neuronx container, chat-completions body)."""
     response = client.invoke_endpoint(
         EndpointName=endpoint_name,
+        TargetVariant=variant,
         ContentType=CONTENT_TYPE,
         Accept=CONTENT_TYPE,
         Body=encode_chat_request(system=prompt.system, user=prompt.user, max_tokens=max_tokens, temperature=temperature, model=served_model),

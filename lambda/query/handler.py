@@ -19,6 +19,10 @@ from shared import api, aws_clients, observability
 from . import prompts, request as query_request, service
 from .settings import Settings
 
+# Contract 7: the `service` dimension of every metric, and the value of an unknown dimension.
+METRICS_SERVICE = "query"
+NONE = "none"
+
 _settings: Settings | None = None
 _backend: service.Backend | None = None
 
@@ -43,7 +47,8 @@ def _runtime() -> tuple[Settings, service.Backend]:
 def main(event: Any, context: Any) -> dict:
     started = time.perf_counter()
     request_id = _request_id(event, context)
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = {}  # logged with the outcome
+    observed: dict[str, Any] = {}  # filled by service.answer as stages run: generator, retrieve_ms, generate_ms
     try:
         aws_clients.set_deadline(context)
         if not isinstance(event, dict):
@@ -57,20 +62,22 @@ def main(event: Any, context: Any) -> dict:
         req = query_request.validate(query_request.parse_body(event), settings, tuple(backend.generators))
         fields.update(mode=req.mode, retriever=req.retriever if req.mode == "rag" else None, top_k=req.top_k,
                       question_chars=len(req.question), filters=sorted(req.filters))
-        body = service.answer(req, settings, backend, observe=fields)
-        fields.update(model=body["model"], model_version=body["model_version"], cited=[c["n"] for c in body["citations"]],
-                      timings_ms=body["timings_ms"], usage=body["usage"])
-        _record(200, started, fields)
+        body = service.answer(req, settings, backend, observe=observed)
+        fields.update(generator=body["generator"], model=body["model"], model_version=body["model_version"],
+                      cited=[c["n"] for c in body["citations"]], timings_ms=body["timings_ms"], usage=body["usage"])
+        _record(200, started, fields, observed, usage=body["usage"])
         return api.json_response(200, body, request_id=request_id)
     except Exception as error:  # every failure becomes a mapped response; detail only in logs
-        return _failure(error, request_id, started, fields)
+        return _failure(error, request_id, started, fields, observed)
 
 
-def _failure(error: Exception, request_id: str, started: float, fields: dict) -> dict:
+def _failure(error: Exception, request_id: str, started: float, fields: dict, observed: dict) -> dict:
     try:
         status, message, headers = api.classify(error)
+        if "generator" in observed:
+            fields["generator"] = observed["generator"]
         observability.log_failure(error, status=status, request_id=request_id, **fields)
-        _record(status, started, fields, log=False)
+        _record(status, started, fields, observed, log=False)
         return api.error_response(status, message, request_id=request_id, field=getattr(error, "field", None), headers=headers)
     except Exception as secondary:  # the last resort must not raise either
         print(json.dumps({"level": "ERROR", "message": "failed while reporting a failure", "request_id": request_id,
@@ -78,11 +85,23 @@ def _failure(error: Exception, request_id: str, started: float, fields: dict) ->
         return api.error_response(500, api.GENERIC_MESSAGE, request_id=request_id)
 
 
-def _record(status: int, started: float, fields: dict, *, log: bool = True) -> None:
+def _record(status: int, started: float, fields: dict, observed: dict, *, usage: dict | None = None, log: bool = True) -> None:
+    """Contract 7: one EMF record per request, dimensions service / mode / generator on every metric."""
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     metrics = observability.metrics()
+    metrics.add_dimension(name="service", value=METRICS_SERVICE)
+    metrics.add_dimension(name="mode", value=str(fields.get("mode") or NONE))
+    metrics.add_dimension(name="generator", value=str(observed.get("generator") or NONE))
     metrics.add_metric(name="Queries", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="QueryLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
+    if observed.get("retrieve_ms") is not None:
+        metrics.add_metric(name="RetrieveLatency", unit=MetricUnit.Milliseconds, value=observed["retrieve_ms"])
+    if observed.get("generate_ms") is not None:
+        metrics.add_metric(name="GenerateLatency", unit=MetricUnit.Milliseconds, value=observed["generate_ms"])
+    for key, name in (("input_tokens", "InputTokens"), ("output_tokens", "OutputTokens")):
+        count = (usage or {}).get(key)
+        if isinstance(count, int) and not isinstance(count, bool):
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
     if status >= 400:
         metrics.add_metric(name="QueryClientErrors" if status < 500 else "QueryServerErrors", unit=MetricUnit.Count, value=1)
     metrics.flush_metrics()

@@ -5,18 +5,20 @@ version, so an edit without a bump fails). The version is logged with every requ
 returned by GET /health, so answers can be traced back to the prompt that produced them.
 
 RAG prompt: sources are numbered and delimited by <source n="..."> tags; the instruction is to
-answer only from them and cite [n]. Source text cannot close or fake a tag: angle brackets of
-tag-like sequences inside a source are neutralised before it is inserted.
+answer only from them and cite [n]. Source text (and the question, and a source's origin) cannot
+close or fake a tag: every sequence a reader could take for a fence is neutralised before it is
+inserted, including look-alikes (see `neutralise_fences`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
-PROMPT_VERSION = "rag-2026-11-24.1"
+PROMPT_VERSION = "rag-2026-11-30.1"
 
 RAG_SYSTEM = (
     "You answer questions using only the numbered sources you are given.\n"
@@ -41,7 +43,27 @@ BASELINE_SYSTEM = (
 
 BASELINE_USER = "Question: {question}\n\nAnswer:"
 
-_TAG_LIKE = re.compile(r"<(/?\s*(?:source|sources)\b)", re.IGNORECASE)
+# A fence as a lenient reader sees it, on the text's skeleton (below): an opening bracket, an
+# optional slash, the tag name (letters may be spaced out), then no further letter or digit.
+_FENCE = re.compile(r"<\s*/?\s*s\s*o\s*u\s*r\s*c\s*e\s*(?:s\s*)?(?![a-z0-9])")
+# Characters read as a fence's punctuation or letters though they are not ASCII (after NFKD and
+# case folding, which already map full-width forms, small forms and mathematical letters).
+CONFUSABLES = {
+    "<": "‹〈⟨˂❮ᐸ⧼«≺",
+    "/": "⁄∕⧸╱⟋\\",
+    "s": "ѕꜱ",
+    "o": "оοօᴏ0",
+    "u": "υսᴜ",
+    "r": "гʀ",
+    "c": "сϲᴄ",
+    "e": "еҽᴇ",
+}
+_FOLD = {ord(look_alike): ascii_char for ascii_char, look_alikes in CONFUSABLES.items() for look_alike in look_alikes}
+# Every character whose skeleton holds "<" (a test checks this against all of Unicode's planes
+# 0-2): text without one of them holds no fence, so most passages skip the skeleton entirely.
+OPENING_BRACKETS = "<\uff1c\ufe64\u226e\u2329\u2280\ufe3f" + CONFUSABLES["<"]
+_MIGHT_FENCE = re.compile("[" + re.escape(OPENING_BRACKETS) + "]")
+NEUTRAL_BRACKET = "&lt;"  # what a fence's opening bracket becomes (not itself a look-alike)
 
 
 @dataclass(frozen=True)
@@ -61,8 +83,46 @@ class Passage:
     score: float | None
 
 
+def skeleton(text: str) -> tuple[str, list[int]]:
+    """`text` as a lenient reader sees it, and for each skeleton character its index in `text`.
+
+    Each character is decomposed (NFKD: full-width and small forms, ligatures, accents split off),
+    case-folded and mapped through CONFUSABLES; invisible format characters (Cf: zero-width
+    spaces and joiners, BOM, soft hyphen) and combining marks (Mn) vanish.
+    """
+    chars: list[str] = []
+    where: list[int] = []
+    for index, char in enumerate(text):
+        if char.isascii():
+            folded = char.lower().translate(_FOLD)
+        else:
+            if unicodedata.category(char) in ("Cf", "Mn"):
+                continue
+            folded = "".join(c for c in unicodedata.normalize("NFKD", char) if unicodedata.category(c) not in ("Cf", "Mn"))
+            folded = folded.casefold().translate(_FOLD)
+        for c in folded:
+            chars.append(c)
+            where.append(index)
+    return "".join(chars), where
+
+
+def neutralise_fences(text: str) -> str:
+    """Replaces the opening bracket of every fence look-alike in `text` with NEUTRAL_BRACKET.
+
+    Catches `</source>`, `< /source>`, `<\n/SOURCE >`, `</so\u200burce>`, `＜/source＞`,
+    `</ѕоurсе>` (Cyrillic letters), `‹/source›` and the like, for both `source` and `sources`.
+    """
+    if _MIGHT_FENCE.search(text) is None:
+        return text
+    folded, where = skeleton(text)
+    brackets = sorted({where[match.start()] for match in _FENCE.finditer(folded)}, reverse=True)
+    for index in brackets:
+        text = text[:index] + NEUTRAL_BRACKET + text[index + 1:]
+    return text
+
+
 def _clean(text: str) -> str:
-    return _TAG_LIKE.sub(r"&lt;\1", text)
+    return neutralise_fences(text)
 
 
 def rag_prompt(question: str, passages: Sequence[Passage]) -> Prompt:
@@ -78,5 +138,5 @@ def baseline_prompt(question: str) -> Prompt:
 
 def fingerprint() -> str:
     """A hash of every template: the tests pin it to PROMPT_VERSION."""
-    joined = "\x00".join((RAG_SYSTEM, RAG_USER, SOURCE, BASELINE_SYSTEM, BASELINE_USER, _TAG_LIKE.pattern))
+    joined = "\x00".join((RAG_SYSTEM, RAG_USER, SOURCE, BASELINE_SYSTEM, BASELINE_USER, _FENCE.pattern, repr(sorted(CONFUSABLES.items())), NEUTRAL_BRACKET))
     return hashlib.sha256(joined.encode()).hexdigest()[:16]

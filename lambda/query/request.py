@@ -83,6 +83,8 @@ def validate(body: Any, settings: Settings, generators: Sequence[str] = DEPLOYED
         raise bad("question", "is required")
     if not isinstance(question, str):
         raise bad("question", "must be a string")
+    if not _is_text(question):
+        raise bad("question", "must be valid Unicode text (it holds a lone surrogate such as \\ud800)")
     question = question.strip()
     if not question:
         raise bad("question", "must not be empty")
@@ -111,6 +113,15 @@ def validate(body: Any, settings: Settings, generators: Sequence[str] = DEPLOYED
         if mode == "kb" and generator != KB_MODE_GENERATOR:
             raise bad("generator", f"mode 'kb' always uses {KB_MODE_GENERATOR!r} (Bedrock's managed RAG); omit it or use {KB_MODE_GENERATOR!r}")
     return QueryRequest(question=question, mode=mode, retriever=retriever, top_k=top_k, filters=filters, generator=generator)
+
+
+def _is_text(value: str) -> bool:
+    """False for text that UTF-8 cannot encode (a lone surrogate, e.g. from a JSON \\ud800 escape)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _name(key: str) -> str:
@@ -144,6 +155,8 @@ def _filters(raw: Any, settings: Settings) -> dict[str, Any]:
                 raise bad(field, "values must be strings or numbers")
             if isinstance(item, str) and not 0 < len(item) <= MAX_FILTER_TEXT:
                 raise bad(field, f"strings must have 1 to {MAX_FILTER_TEXT} characters")
+            if isinstance(item, str) and not _is_text(item):
+                raise bad(field, "strings must be valid Unicode text (one holds a lone surrogate such as \\ud800)")
             if isinstance(item, (int, float)) and not (math.isfinite(item) and abs(item) <= 2**53):
                 raise bad(field, "numbers must be finite and at most 2^53 in magnitude")
     return dict(raw)

@@ -1,6 +1,8 @@
 """Retrievers: the knowledge base's Retrieve, or a direct hybrid (k-NN + BM25) OpenSearch query.
 
 Both return `Passage`s numbered 1..n in rank order, so the prompt and the citations agree.
+Retrieved text is data from documents: a lone surrogate in it (JSON allows `\ud800`, UTF-8 does
+not) becomes U+FFFD here, so it can reach neither the model call nor the response.
 Clients are arguments (botocore clients, or a `search(path, body)` callable for OpenSearch),
 which keeps these functions testable with botocore's Stubber and a fake transport.
 """
@@ -8,10 +10,11 @@ which keeps these functions testable with botocore's Stubber and a fake transpor
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Callable
 from urllib.parse import quote
 
-from shared.api import UpstreamError
+from shared.api import UpstreamError, scrub_surrogates
 
 from .prompts import Passage
 
@@ -46,20 +49,28 @@ def retrieve_kb(client, *, knowledge_base_id: str, question: str, top_k: int, fi
         if not text.strip():
             continue
         passages.append(
-            Passage(n=len(passages) + 1, text=text, source=location_uri(result.get("location")), score=result.get("score"))
+            Passage(n=len(passages) + 1, text=scrub_surrogates(text), source=location_uri(result.get("location")), score=_score(result.get("score")))
         )
     return passages[:top_k]
 
 
 def location_uri(location: dict | None) -> str:
     """The document address of a knowledge base result (S3 URI for an S3 data source)."""
-    if not location:
+    if not isinstance(location, dict):
         return "unknown"
     for key, field in (("s3Location", "uri"), ("webLocation", "url"), ("customDocumentLocation", "id")):
         value = (location.get(key) or {}).get(field)
-        if value:
-            return value
-    return location.get("type") or "unknown"
+        if isinstance(value, str) and value:
+            return scrub_surrogates(value)
+    kind = location.get("type")
+    return scrub_surrogates(kind) if isinstance(kind, str) and kind else "unknown"
+
+
+def _score(value: Any) -> float | None:
+    """A finite numeric score, or None (the response must stay valid JSON)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def embed(client, *, model_id: str, dimensions: int, text: str) -> list[float]:
@@ -118,14 +129,19 @@ def retrieve_opensearch(
     response = search(path, body)
     if not response.ok:
         raise UpstreamError("OpenSearch search", response.status, json.dumps(response.body)[:500])
-    hits = ((response.body or {}).get("hits") or {}).get("hits") or []
+    body = response.body if isinstance(response.body, dict) else {}
+    hits = (body.get("hits") or {}).get("hits") or []
     passages = []
-    for hit in hits:
-        source = hit.get("_source") or {}
+    for hit in hits if isinstance(hits, list) else []:
+        if not isinstance(hit, dict):
+            continue
+        source = hit.get("_source") if isinstance(hit.get("_source"), dict) else {}
         text = source.get(text_field)
         if not isinstance(text, str) or not text.strip():
             continue
-        passages.append(Passage(n=len(passages) + 1, text=text, source=_hit_source(hit, source, metadata_field), score=hit.get("_score")))
+        passages.append(
+            Passage(n=len(passages) + 1, text=scrub_surrogates(text), source=scrub_surrogates(_hit_source(hit, source, metadata_field)), score=_score(hit.get("_score")))
+        )
     return passages[:top_k]
 
 

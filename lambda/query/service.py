@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Sequence
 
 from shared.api import ApiError
 from shared.endpoint_codec import Generation
@@ -86,8 +86,7 @@ class GeneratorUnavailable(ApiError):
         self.generator_status = status
 
 
-@dataclass(frozen=True)
-class Chosen:
+class Chosen(NamedTuple):
     name: str
     generator: Generator
     status: GeneratorStatus
@@ -151,7 +150,8 @@ def health(settings: Settings, backend: Backend) -> dict[str, Any]:
 def answer(request: QueryRequest, settings: Settings, backend: Backend, *, observe: Optional[dict] = None) -> dict[str, Any]:
     """The response body for a valid request (raises on failures; the handler maps them).
 
-    `observe`, if given, receives `generator` as soon as it is known (for metrics and logs).
+    `observe`, if given, receives `generator` as soon as it is known, and `retrieve_ms` /
+    `generate_ms` as each stage completes (for metrics, also when a later stage fails).
     """
     observe = {} if observe is None else observe
     started = time.perf_counter()
@@ -165,11 +165,12 @@ def answer(request: QueryRequest, settings: Settings, backend: Backend, *, obser
             question=request.question, top_k=request.top_k, filters=request.filters,
             max_tokens=settings.max_new_tokens, temperature=settings.temperature,
         )
-        generate_ms = _ms(generate_started)
+        generate_ms = observe["generate_ms"] = _ms(generate_started)
         text, cited, generator_name, model, version = managed.text, managed.citations, "bedrock", managed.model, None
         usage = {"input_tokens": managed.input_tokens, "output_tokens": managed.output_tokens}
     else:
-        observe["generator"] = request.generator or "none"
+        if request.generator:
+            observe["generator"] = request.generator
         chosen = choose_generator(request.generator, settings, backend)
         observe["generator"] = chosen.name
         passages: list[prompts.Passage] = []
@@ -179,7 +180,7 @@ def answer(request: QueryRequest, settings: Settings, backend: Backend, *, obser
                 raise ApiError(400, f"retriever: must be one of: {', '.join(backend.retrievers)}", field="retriever")
             retrieve_started = time.perf_counter()
             retrieved = retriever(question=request.question, top_k=request.top_k, filters=request.filters)
-            retrieve_ms = _ms(retrieve_started)
+            retrieve_ms = observe["retrieve_ms"] = _ms(retrieve_started)
             passages = budget.fit(retrieved, request.question, chosen.status, settings.max_new_tokens)
             prompt = prompts.rag_prompt(request.question, passages)
         else:
@@ -188,7 +189,7 @@ def answer(request: QueryRequest, settings: Settings, backend: Backend, *, obser
         generation = chosen.generator.generate(
             prompt, question=request.question, passages=passages, max_tokens=settings.max_new_tokens, temperature=settings.temperature
         )
-        generate_ms = _ms(generate_started)
+        generate_ms = observe["generate_ms"] = _ms(generate_started)
         text = generation.text
         cited = citations.rag_citations(text, passages) if request.mode == "rag" else []
         usage = {"input_tokens": generation.input_tokens, "output_tokens": generation.output_tokens}

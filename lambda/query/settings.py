@@ -22,8 +22,7 @@ MODES = ("rag", "kb", "prompt")
 AUTO = "auto"
 # A deployed stage's generators, in `auto`'s preference order (Contract 4).
 DEPLOYED_GENERATORS = ("finetuned", "base", "bedrock")
-# The legacy GENERATOR variable (before serving.default_generator): endpoint = the fine-tuned model.
-_LEGACY_GENERATOR = {"endpoint": "finetuned", "bedrock": "bedrock"}
+ENDPOINT_GENERATORS = ("finetuned", "base")  # the roles of the stage's Inferentia2 endpoint
 
 
 class SettingsError(ValueError):
@@ -46,6 +45,8 @@ class Settings:
     stage: Optional[str] = None  # the stage's name, for messages (e.g. "--stage dev")
     bedrock_model_arn: Optional[str] = None  # Converse (generator "bedrock") and RetrieveAndGenerate (mode "kb")
     endpoint_name: Optional[str] = None  # the stage's SageMaker endpoint; None = inference disabled
+    serve_base: bool = True  # false: the stage never has a base variant (inference.serve_base)
+    power_parameter: Optional[str] = None  # SSM parameter: the endpoint's power, "on" | "off"
     endpoint_model: str = ""  # served model name (serving contract); "" leaves it out of the body
     endpoint_sequence_length: Optional[int] = None  # the endpoint model's context (prompt + answer), tokens
     knowledge_base_id: Optional[str] = None
@@ -109,19 +110,24 @@ class Settings:
                 raise SettingsError(f"environment variable {name}={raw!r} is not a finite number")
             return value
 
-        legacy = env.get("GENERATOR")
-        if legacy is not None and legacy not in _LEGACY_GENERATOR:
-            raise SettingsError(f"GENERATOR={legacy!r}: allowed {tuple(_LEGACY_GENERATOR)}")
-        default_generator = _LEGACY_GENERATOR[legacy] if legacy else AUTO
+        default_generator = text("DEFAULT_GENERATOR", AUTO)
+        if default_generator not in (AUTO, *DEPLOYED_GENERATORS):
+            raise SettingsError(f"DEFAULT_GENERATOR={default_generator!r}: allowed {(AUTO, *DEPLOYED_GENERATORS)}")
         endpoint_name = env.get("ENDPOINT_NAME") or None
-        if default_generator in ("base", "finetuned") and endpoint_name is None:
-            raise SettingsError(f"default generator {default_generator!r} needs ENDPOINT_NAME")
+        if default_generator in ENDPOINT_GENERATORS and endpoint_name is None:
+            raise SettingsError(f"DEFAULT_GENERATOR={default_generator!r} needs ENDPOINT_NAME (the stage's endpoint)")
+        serve_base = text("SERVE_BASE", "true")
+        if serve_base not in ("true", "false"):
+            raise SettingsError(f"SERVE_BASE={serve_base!r}: allowed 'true', 'false'")
         try:
             settings = Settings(
                 region=text("AWS_REGION"),
+                stage=text("STAGE_NAME"),
                 default_generator=default_generator,
                 bedrock_model_arn=text("BEDROCK_MODEL_ARN"),
                 endpoint_name=endpoint_name,
+                serve_base=serve_base == "true",
+                power_parameter=text("ENDPOINT_POWER_PARAMETER") if endpoint_name else None,
                 endpoint_model=env.get("ENDPOINT_MODEL_NAME", ""),
                 endpoint_sequence_length=number("ENDPOINT_SEQUENCE_LENGTH", int) if env.get("ENDPOINT_SEQUENCE_LENGTH") else None,
                 knowledge_base_id=text("KNOWLEDGE_BASE_ID"),
