@@ -16,10 +16,8 @@ import argparse
 import os
 import sys
 
-# Local mode never runs on EC2 by assumption: without this, botocore's credential and region
-# lookups try the instance metadata service (a network call) when no credentials are configured.
-os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-# Warnings and errors of the handler are still logged (JSON on stdout).
+# The handler logs every request at info level (JSON on stdout); the server prints its own access
+# line, so only the handler's warnings and errors are shown.
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
 from . import app  # noqa: E402  (after the environment above)
