@@ -129,7 +129,7 @@ class LocalServer:
     def serve_forever(self) -> None:
         self.httpd.serve_forever(poll_interval=0.2)
 
-    def start(self) -> "LocalServer":
+    def start(self) -> LocalServer:
         """Serves on a background thread (tests, benchmarks)."""
         self._thread = threading.Thread(target=self.serve_forever, name="local-server", daemon=True)
         self._thread.start()
@@ -143,7 +143,7 @@ class LocalServer:
         handler.configure(settings=None, backend=None)
         observability._metrics = None
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

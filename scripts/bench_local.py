@@ -97,7 +97,7 @@ def squad_dataset(name: str, path: Path, work: Path) -> Dataset:
 
 def eval_dataset(path: Path, corpus: Path, split: str) -> Dataset:
     questions = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         row = json.loads(line)
