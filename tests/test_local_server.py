@@ -314,3 +314,22 @@ def test_cli_reports_a_bad_port_in_one_line(tmp_path):
         env={**__import__("os").environ, "PORT": "http", "LOCAL_CACHE_DIR": str(tmp_path)},
     )
     assert result.returncode == 1 and result.stderr.strip() == "error: PORT='http': a port number 1..65535"
+
+
+def test_a_stage_config_shapes_local_mode():
+    import json as _json
+
+    from stacks.config import load_config
+
+    stages = load_config(_json.loads((ROOT / "cdk.json").read_text())["context"]).stages
+    name = sorted(stages)[0]
+    config = app.LocalConfig.for_stage(name, documents=SAMPLE_DOCUMENTS)
+    stage = stages[name]
+    assert config.chunks == app.ChunkSettings(stage.knowledge_base.chunk_max_tokens, stage.knowledge_base.chunk_overlap_percentage)
+    assert config.vector_weight == stage.search.hybrid_vector_weight and config.bedrock_model_id == stage.serving.bedrock_model_id
+    settings = config.settings()
+    assert settings.filterable_fields == tuple(stage.search.filterable_fields) and settings.max_top_k == stage.serving.max_top_k
+    with pytest.raises(app.LocalConfigError, match="not a stage in cdk.json"):
+        app.LocalConfig.for_stage("no-such-stage")
+    with pytest.raises(app.LocalConfigError, match="not a folder of documents"):
+        app.env_config(documents=str(ROOT / "no-such-folder"))
