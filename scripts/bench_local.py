@@ -18,7 +18,8 @@ For each dataset: indexing time (a fresh index), then per question the two local
 (`kb` = vector only, `opensearch` = hybrid) at top_k 5: recall@5 (share of the gold documents
 among the top 5) and MRR (reciprocal rank of the first gold document within the top 5, 0 if
 none); the extractive answer's reference containment (a reference answer appears in it) and
-abstention (on unanswerable questions of the eval set); and the latency of POST /v1/query through
+abstention (on unanswerable questions of the eval set, and on "foreign" questions: the next
+dataset's questions asked of this corpus); and the latency of POST /v1/query through
 the local HTTP server with the extractive generator (p50/p90 of the client's wall time).
 """
 
@@ -114,7 +115,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def run_dataset(dataset: Dataset, args, cache: Path) -> dict:
+def run_dataset(dataset: Dataset, args, cache: Path, foreign: list[Question]) -> dict:
     from local import app, extractive
     from local.embedding import Embedder
     from local.server import LocalServer
@@ -166,8 +167,14 @@ def run_dataset(dataset: Dataset, args, cache: Path) -> dict:
             abstained_answerable.append(idk)
         else:
             abstained_unanswerable.append(idk)
+    foreign_idk = []
+    for q in random.Random(args.seed).sample(foreign, min(len(foreign), args.answer_questions)):
+        passages = mode.backend.retrievers["opensearch"](question=q.question, top_k=TOP_K, filters={})
+        text = generator.generate(prompts.rag_prompt(q.question, passages), question=q.question, passages=passages, max_tokens=512, temperature=0.0).text
+        foreign_idk.append(text == extractive.IDK)
     metrics["extractive"] = {
         "questions": len(sample),
+        "abstains_on_foreign": round(statistics.fmean(foreign_idk), 3) if foreign_idk else None,
         "contains_reference": round(statistics.fmean(contains), 3) if contains else None,
         "abstains_when_answerable": round(statistics.fmean(abstained_answerable), 3) if abstained_answerable else None,
         "abstains_when_unanswerable": round(statistics.fmean(abstained_unanswerable), 3) if abstained_unanswerable else None,
@@ -209,11 +216,12 @@ def datasets_from(args, work: Path) -> list[Dataset]:
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"{'dataset':<22} {'passages':>8} {'index s':>8} {'kb R@5':>7} {'kb MRR':>7} {'hyb R@5':>8} {'hyb MRR':>8} {'contains':>9} {'p50 ms kb':>10} {'p50 ms hyb':>11}")
+    print(f"{'dataset':<22} {'passages':>8} {'index s':>8} {'kb R@5':>7} {'kb MRR':>7} {'hyb R@5':>8} {'hyb MRR':>8} {'contains':>9} {'IDK foreign':>12} {'p50 ms kb':>10} {'p50 ms hyb':>11}")
     for r in results:
         print(
             f"{r['dataset']:<22} {r['passages']:>8} {r['index_s']:>8} {r['kb']['recall@5']!s:>7} {r['kb']['mrr']!s:>7} "
             f"{r['opensearch']['recall@5']!s:>8} {r['opensearch']['mrr']!s:>8} {r['extractive']['contains_reference']!s:>9} "
+            f"{r['extractive']['abstains_on_foreign']!s:>12} "
             f"{r['query_ms_kb']['p50']:>10} {r['query_ms_opensearch']['p50']:>11}"
         )
 
@@ -335,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
         work = Path(tmp)
-        results = [run_dataset(d, args, work / "cache") for d in datasets_from(args, work)]
+        chosen = datasets_from(args, work)
+        # "foreign" questions: the next dataset's, asked of this corpus, which cannot answer them
+        results = [run_dataset(d, args, work / "cache", chosen[(i + 1) % len(chosen)].questions if len(chosen) > 1 else []) for i, d in enumerate(chosen)]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
