@@ -8,8 +8,14 @@ has credentials). See local/README.md.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# Local mode never runs on EC2 by assumption: without this, botocore's credential and region
+# lookups (the bedrock generator's status) would try the instance metadata service, a network
+# call, whenever no credentials are configured.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 ROOT = Path(__file__).resolve().parent.parent
 # The Lambda code root, as the Lambda runtime puts it on the path (`query`, `shared`).

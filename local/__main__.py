@@ -16,12 +16,8 @@ import argparse
 import os
 import sys
 
-# Local mode never runs on EC2 by assumption: without this, botocore's credential and region
-# lookups try the instance metadata service (a network call) when no credentials are configured.
-os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-# The handler's CloudWatch metrics (EMF lines on stdout) mean nothing on a laptop; warnings and
-# errors are still logged.
-os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+# The handler logs every request at info level (JSON on stdout); the server prints its own access
+# line, so only the handler's warnings and errors are shown.
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
 from . import app  # noqa: E402  (after the environment above)
@@ -54,6 +50,7 @@ def serve(args) -> int:
     _progress(f"indexing {mode.config.documents} (cache: {mode.config.cache_dir})")
     report = mode.sync(_progress)
     _progress(report.summary())
+    mode.embedder.load()  # an unchanged index embedded nothing: load the model before the first question
     try:
         server = LocalServer(mode, port)
     except OSError as error:

@@ -51,7 +51,7 @@ class LocalConfig:
         return Settings.local(**self.settings_overrides)
 
     @staticmethod
-    def for_stage(stage: str | None, **values: Any) -> "LocalConfig":
+    def for_stage(stage: str | None, **values: Any) -> LocalConfig:
         """The defaults, or the given stage's config from cdk.json (validated as a synth would)."""
         if stage is None:
             return LocalConfig(**values)

@@ -132,6 +132,16 @@ class BedrockGenerator:
         self._cached: tuple[float, GeneratorStatus, str | None] | None = None
         self._delegates: dict[str, aws_backend.BedrockGenerator] = {}
         self._lock = threading.Lock()
+        # the deployed generator's own view of the model (its id as reported, its context window)
+        self._model = self._delegate(None).status()
+
+    def _delegate(self, region: str | None) -> aws_backend.BedrockGenerator:
+        with self._lock:
+            delegate = self._delegates.get(region or "")
+            if delegate is None:
+                settings = Settings.local(region=region, bedrock_model_arn=self.model_id)
+                delegate = self._delegates[region or ""] = aws_backend.BedrockGenerator(settings, aws_backend.AwsClients(settings))
+        return delegate
 
     def _check(self) -> tuple[GeneratorStatus, str | None]:
         now = time.monotonic()
@@ -140,17 +150,17 @@ class BedrockGenerator:
             return cached[1], cached[2]
         session = aws_clients.session()
         region = session.get_config_variable("region") or os.environ.get("AWS_REGION")  # botocore reads AWS_DEFAULT_REGION only
-        context = aws_backend.BEDROCK_CONTEXT_TOKENS.get(self.model_id)
+        model, context = self._model.model, self._model.context_tokens
         if session.get_credentials() is None:
             status = GeneratorStatus(
-                self.name, False, self.model_id, None,
+                self.name, False, model, None,
                 "generator 'bedrock' needs AWS credentials (environment variables, a profile or SSO) allowed to call "
-                f"bedrock:InvokeModel on {self.model_id}; without them use 'extractive' or 'llm'", context,
+                f"bedrock:InvokeModel on {model}; without them use 'extractive' or 'llm'", context,
             )
         elif not region:
-            status = GeneratorStatus(self.name, False, self.model_id, None, "generator 'bedrock' needs a region: set AWS_REGION (or a region in your profile)", context)
+            status = GeneratorStatus(self.name, False, model, None, "generator 'bedrock' needs a region: set AWS_REGION (or a region in your profile)", context)
         else:
-            status = GeneratorStatus(self.name, True, self.model_id, None, None, context)
+            status = GeneratorStatus(self.name, True, model, None, None, context)
         self._cached = (now, status, region)
         return status, region
 
@@ -159,9 +169,4 @@ class BedrockGenerator:
 
     def generate(self, prompt: prompts.Prompt, *, question: str, passages: Sequence[prompts.Passage], max_tokens: int, temperature: float) -> Generation:
         _, region = self._check()
-        with self._lock:
-            delegate = self._delegates.get(region or "")
-            if delegate is None:
-                settings = Settings.local(region=region, bedrock_model_arn=self.model_id)
-                delegate = self._delegates[region or ""] = aws_backend.BedrockGenerator(settings, aws_backend.AwsClients(settings))
-        return delegate.generate(prompt, question=question, passages=passages, max_tokens=max_tokens, temperature=temperature)
+        return self._delegate(region).generate(prompt, question=question, passages=passages, max_tokens=max_tokens, temperature=temperature)

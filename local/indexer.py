@@ -52,7 +52,7 @@ class SyncReport:
     def summary(self) -> str:
         parts = [f"{len(self.added)} added", f"{len(self.updated)} updated", f"{len(self.removed)} removed", f"{self.unchanged} unchanged"]
         line = f"index: {', '.join(parts)}; {self.chunks_embedded} chunks and {self.sentences_embedded} sentences embedded in {self.seconds:.1f} s"
-        for doc_id, message in self.failed:
+        for _, message in self.failed:
             line += f"\nskipped {message}"
         if self.unsupported:
             line += f"\nnot indexed (unsupported type): {', '.join(self.unsupported[:10])}" + (" ..." if len(self.unsupported) > 10 else "")

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 from query import handler
+from shared import observability
 
 from .app import LocalMode
 
@@ -100,12 +101,22 @@ def make_handler(log: TextIO | None) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class DiscardedMetrics:
+    """Stands in for the handler's Powertools Metrics: CloudWatch EMF lines mean nothing on a laptop.
+    (Powertools' own POWERTOOLS_METRICS_DISABLED stops the printing but keeps every value in memory
+    until 100 accumulate, then prints them anyway.)"""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 class LocalServer:
     """The HTTP server on 127.0.0.1:`port` (0 = any free port), serving one LocalMode."""
 
     def __init__(self, mode: LocalMode, port: int, log: TextIO | None = sys.stderr):
         self.mode = mode
         handler.configure(settings=mode.config.settings(), backend=mode.backend)
+        observability._metrics = DiscardedMetrics()  # the accessor's cached instance (see DiscardedMetrics)
         self.httpd = ThreadingHTTPServer((HOST, port), make_handler(log))
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -118,7 +129,7 @@ class LocalServer:
     def serve_forever(self) -> None:
         self.httpd.serve_forever(poll_interval=0.2)
 
-    def start(self) -> "LocalServer":
+    def start(self) -> LocalServer:
         """Serves on a background thread (tests, benchmarks)."""
         self._thread = threading.Thread(target=self.serve_forever, name="local-server", daemon=True)
         self._thread.start()
@@ -130,8 +141,9 @@ class LocalServer:
             self._thread.join(timeout=5)
         self.httpd.server_close()
         handler.configure(settings=None, backend=None)
+        observability._metrics = None
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -98,7 +98,7 @@ class Store:
         with self._db:
             self._db.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
 
-    def load(self) -> "Index":
+    def load(self) -> Index:
         docs = self._db.execute("SELECT doc_id, metadata FROM documents ORDER BY doc_id").fetchall()
         rows = self._db.execute('SELECT doc_id, seq, text, vector FROM chunks ORDER BY doc_id, seq').fetchall()
         sentences = {key: np.frombuffer(blob, dtype=np.float32) for key, blob in self._db.execute("SELECT hash, vector FROM sentences")}

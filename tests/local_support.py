@@ -20,17 +20,17 @@ SAMPLE_DOCUMENTS = ROOT / "model_artifacts" / "sample_documents"
 DEFAULT_CHUNKS = indexer.ChunkSettings(max_tokens=300, overlap_percentage=20)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def real_embedder() -> embedding.Embedder:
     return embedding.Embedder()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sample_cache_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="local-test-cache-"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sample_index():
     index, _ = indexer.open_index(SAMPLE_DOCUMENTS, sample_cache_dir(), real_embedder(), DEFAULT_CHUNKS)
     return index

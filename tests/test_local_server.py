@@ -274,6 +274,20 @@ def test_bedrock_generator_reuses_the_query_lambdas(monkeypatch, no_aws):
     assert result.text == "answer [1]" and seen == {"model": "amazon.nova-lite-v1:0", "region": "us-west-2", "max_tokens": 64}
 
 
+def test_llm_generator_reads_the_rag_prompt_when_installed():
+    from query import prompts
+
+    generator = generators.LlamaGenerator()
+    status = generator.status()
+    if not status.available:
+        pytest.skip(status.reason)  # `make local-llm` installs it; the default suite does not
+    passages = [prompts.Passage(1, "The bucket keeps noncurrent versions for 30 days.", "lifecycle.md", 1.0)]
+    question = "How long are deleted documents kept?"
+    result = generator.generate(prompts.rag_prompt(question, passages), question=question, passages=passages, max_tokens=8, temperature=0.0)
+    assert result.text and result.input_tokens > 50 and 0 < result.output_tokens <= 8
+    assert status.model == "local:SmolLM2-135M-Instruct.Q4_1" and status.context_tokens == generators.LLM_CONTEXT_TOKENS
+
+
 def test_extractive_abstains_when_nothing_is_retrieved():
     from query import prompts
 
@@ -300,3 +314,22 @@ def test_cli_reports_a_bad_port_in_one_line(tmp_path):
         env={**__import__("os").environ, "PORT": "http", "LOCAL_CACHE_DIR": str(tmp_path)},
     )
     assert result.returncode == 1 and result.stderr.strip() == "error: PORT='http': a port number 1..65535"
+
+
+def test_a_stage_config_shapes_local_mode():
+    import json as _json
+
+    from stacks.config import load_config
+
+    stages = load_config(_json.loads((ROOT / "cdk.json").read_text())["context"]).stages
+    name = sorted(stages)[0]
+    config = app.LocalConfig.for_stage(name, documents=SAMPLE_DOCUMENTS)
+    stage = stages[name]
+    assert config.chunks == app.ChunkSettings(stage.knowledge_base.chunk_max_tokens, stage.knowledge_base.chunk_overlap_percentage)
+    assert config.vector_weight == stage.search.hybrid_vector_weight and config.bedrock_model_id == stage.serving.bedrock_model_id
+    settings = config.settings()
+    assert settings.filterable_fields == tuple(stage.search.filterable_fields) and settings.max_top_k == stage.serving.max_top_k
+    with pytest.raises(app.LocalConfigError, match="not a stage in cdk.json"):
+        app.LocalConfig.for_stage("no-such-stage")
+    with pytest.raises(app.LocalConfigError, match="not a folder of documents"):
+        app.env_config(documents=str(ROOT / "no-such-folder"))
