@@ -192,6 +192,7 @@ class Ingestion(Construct):
             timeout=INGEST_TIMEOUT,
             log_retention=log_retention,
             log_removal_policy=removal,
+            log_encryption_key=storage.key,  # document keys (names) and ingestion failure reasons
             environment={
                 "KNOWLEDGE_BASE_ID": knowledge_base.attr_knowledge_base_id,
                 "DATA_SOURCE_ID": data_source.attr_data_source_id,
@@ -219,7 +220,7 @@ class Ingestion(Construct):
             report_batch_item_failures=True,
         ))
         self.alarms = self._alarms(stage)
-        self.first_sync = self._first_sync(stage, data_source, log_retention, removal)
+        self.first_sync = self._first_sync(stage, data_source, log_retention, removal, storage)
 
     def _alarms(self, stage: StageConfig) -> list[cloudwatch.Alarm]:
         kb = stage.knowledge_base
@@ -247,11 +248,11 @@ class Ingestion(Construct):
         ]
 
     def _first_sync(self, stage: StageConfig, data_source: bedrock.CfnDataSource, log_retention: logs.RetentionDays,
-                    removal: cdk.RemovalPolicy) -> cr.AwsCustomResource:
+                    removal: cdk.RemovalPolicy, storage: StorageStack) -> cr.AwsCustomResource:
         """First sync of a new stage (and after the data source is replaced): a message into the same queue."""
         sync_role = iam.Role(self, "FirstSyncRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                              description="Sends the first-sync message of a new knowledge base data source")
-        sync_logs = logs.LogGroup(self, "FirstSyncLogs", retention=log_retention, removal_policy=removal)
+        sync_logs = logs.LogGroup(self, "FirstSyncLogs", retention=log_retention, removal_policy=removal, encryption_key=storage.key)
         sync_logs.grant_write(sync_role)
         message = cdk.Stack.of(self).to_json_string({
             "source": DEPLOY_SYNC_SOURCE,

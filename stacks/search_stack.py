@@ -121,7 +121,7 @@ class VectorIndex(Construct):
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, admin_role: iam.Role,
-                 endpoint_url: str, knowledge_base_role: iam.IRole, query_role: iam.IRole) -> None:
+                 endpoint_url: str, knowledge_base_role: iam.IRole, query_role: iam.IRole, key: kms.IKey) -> None:
         super().__init__(scope, construct_id)
         search, kb = stage.search, stage.knowledge_base
         log_retention = retention(search.log_retention_days)
@@ -134,11 +134,12 @@ class VectorIndex(Construct):
             timeout=cdk.Duration.minutes(10),  # retries 403s while IAM and FGAC propagate
             log_retention=log_retention,
             log_removal_policy=log_removal,
+            log_encryption_key=key,  # index and role names, request errors from the domain
             role=admin_role,
         )
         framework_role = iam.Role(self, "ProviderRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                                   description="Runs the CDK custom resource provider framework for the vector index")
-        framework_logs = logs.LogGroup(self, "ProviderLogs", retention=log_retention, removal_policy=log_removal)
+        framework_logs = logs.LogGroup(self, "ProviderLogs", retention=log_retention, removal_policy=log_removal, encryption_key=key)
         framework_logs.grant_write(framework_role)
         self.provider = cr.Provider(self, "Provider", on_event_handler=self.function.function, framework_on_event_role=framework_role,
                                     log_group=framework_logs)
@@ -303,7 +304,7 @@ class SearchStack(cdk.Stack):
 
         endpoint_url = cdk.Fn.join("", ["https://", self.domain.attr_domain_endpoint])
         index = VectorIndex(self, "VectorIndex", stage=stage, admin_role=admin_role, endpoint_url=endpoint_url,
-                            knowledge_base_role=self.knowledge_base_role, query_role=self.query_role)
+                            knowledge_base_role=self.knowledge_base_role, query_role=self.query_role, key=storage.key)
         self.vector_index = index.resource
         self.index = VectorIndexInfo(
             endpoint_url=endpoint_url,

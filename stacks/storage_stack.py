@@ -1,5 +1,5 @@
 """Storage: the S3 buckets every other part reads or writes, and the key that encrypts them (and
-the stage's log groups that can hold user text).
+every log group of the stage).
 
 Stateful: prod retains it (and the data in it) when the stack is deleted; dev destroys it.
 """
@@ -96,9 +96,9 @@ class StorageStack(cdk.Stack):
         cdk.CfnOutput(self, "DocumentsPrefix", value=storage.documents_prefix)
 
     def _let_cloudwatch_logs_use_key(self) -> None:
-        """The stage's log groups that can hold user text (API access logs, the query function's
-        logs, the search domain's logs) are encrypted with this key: CloudWatch Logs may use it for
-        log groups of this account and region only (the encryption context names the log group)."""
+        """Every log group of the stage is encrypted with this key (questions, document names and
+        model output can appear in them): CloudWatch Logs may use it for log groups of this account
+        and region only (the encryption context names the log group)."""
         self.key.add_to_resource_policy(iam.PolicyStatement(
             sid="CloudWatchLogsEncryptsLogGroups",
             principals=[iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com")],

@@ -54,7 +54,7 @@ class TrainingStack(cdk.Stack):
         self.schedule: Optional[EndpointSchedule] = None
         self.alarm_names = [alarm_name(stage, PIPELINE_FAILED_ALARM)]
         if stage.inference.enabled:
-            self.record = ServingRecord(self, "ServingRecord", stage=stage, log_retention_days=training.log_retention_days)
+            self.record = ServingRecord(self, "ServingRecord", stage=stage, log_retention_days=training.log_retention_days, key=storage.key)
             self.deployer = ModelDeployer(
                 self,
                 "Deployer",

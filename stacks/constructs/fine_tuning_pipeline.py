@@ -140,6 +140,7 @@ class FineTuningPipeline(Construct):
             description="Validates a model pipeline request (data, base model, hyperparameters) and names its jobs",
             timeout=cdk.Duration.seconds(60),
             log_retention=retention(training.log_retention_days),
+            log_encryption_key=key,  # the run's request: data and model locations, hyperparameters
             environment={
                 "TRAINING_BUCKET": storage.training_bucket.bucket_name,
                 "ARTIFACTS_BUCKET": artifacts,
@@ -152,7 +153,7 @@ class FineTuningPipeline(Construct):
         )
         self.validator_policy = self._grant_validator()
 
-        self.log_group = workflow_log_group(self, "Logs", name=f"{stage.stack_prefix}-model-pipeline", stage=stage, retention_days=training.log_retention_days)
+        self.log_group = workflow_log_group(self, "Logs", name=f"{stage.stack_prefix}-model-pipeline", stage=stage, retention_days=training.log_retention_days, key=key)
         hours = training.max_runtime_hours + (training.max_wait_hours if training.use_spot else 0)
         self.state_machine = sfn.StateMachine(
             self,

@@ -39,6 +39,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
@@ -95,7 +96,7 @@ class GeneratorEndpoint(Construct):
         artifacts_bucket_name: str,
         artifacts_bucket_arn: str,
         artifacts_bucket_export: str,
-        kms_key_arn: str,
+        key: kms.IKey,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
@@ -107,14 +108,17 @@ class GeneratorEndpoint(Construct):
         serving_contract.check_config_name_length(self.endpoint_name)
         self.endpoint_arn = stack.format_arn(service="sagemaker", resource="endpoint", resource_name=self.endpoint_name)
 
+        kms_key_arn = key.key_arn
         self.execution_role, self._policy = self._execution_role(artifacts_bucket_arn, artifacts_bucket_export, kms_key_arn)
         # SageMaker writes to this name: a retained copy would block a redeploy, so it goes with the stack.
+        # Encrypted with the stage key: the model server's output can quote prompts and answers.
         self.log_group = logs.LogGroup(
             self,
             "Logs",
             log_group_name=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
             retention=retention(inference.log_retention_days),
             removal_policy=cdk.RemovalPolicy.DESTROY,
+            encryption_key=key,
         )
         self._grant_runtime()
 

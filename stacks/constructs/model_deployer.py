@@ -93,7 +93,7 @@ class ModelDeployer(Construct):
         self.stack_arn = stack.format_arn(service="cloudformation", resource="stack", resource_name=f"{self.stack_name}/*")
         self.execution_role_arn = cloudformation_execution_role_arn(self)
 
-        self.log_group = workflow_log_group(self, "Logs", name=f"{stage.stack_prefix}-model-deployer", stage=stage, retention_days=stage.training.log_retention_days)
+        self.log_group = workflow_log_group(self, "Logs", name=f"{stage.stack_prefix}-model-deployer", stage=stage, retention_days=stage.training.log_retention_days, key=key)
         self.state_machine = sfn.StateMachine(
             self,
             "StateMachine",

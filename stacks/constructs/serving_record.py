@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from stacks import serving_contract
@@ -36,7 +37,7 @@ class ServingRecord(Construct):
     """Attributes: `names` ({"base", "finetuned", "endpoint": parameter name}), `arns` (same keys),
     `path` (`/rag/<stage>/serving/`), `function`, `resource`."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, log_retention_days: int) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, log_retention_days: int, key: kms.IKey) -> None:
         super().__init__(scope, construct_id)
         self.path = record.parameter_path(stage.name)
         self.names = {role: record.record_parameter(stage.name, role) for role in record.ROLES}
@@ -51,6 +52,7 @@ class ServingRecord(Construct):
             description="Creates the serving record's SSM parameters when missing; never overwrites them",
             timeout=cdk.Duration.seconds(60),
             log_retention=retention(log_retention_days),
+            log_encryption_key=key,
         )
         actions = ["ssm:PutParameter"] if retain else ["ssm:PutParameter", "ssm:DeleteParameters"]
         policy = iam.Policy(self, "Policy", roles=[self.function.role], statements=[iam.PolicyStatement(actions=actions, resources=list(self.arns.values()))])
