@@ -179,10 +179,12 @@ class GeneratorEndpoint(Construct):
         digest = serving_contract.definition_digest(stack.resolve({"models": model_definitions, "config": config_definition}))
         version = {role: (cdk.Token.as_string(cdk.Fn.condition_if(self.serve[role].logical_id, self._record_part(role, 0), record.NO_VERSION)) if role in self.roles else record.NO_VERSION) for role in serving_contract.ROLES}
         self.endpoint_config_name = cdk.Fn.join("-", [self.endpoint_name, cdk.Fn.join("", ["b", version["base"]]), cdk.Fn.join("", ["f", version["finetuned"]]), digest])
-        self.endpoint_config = sagemaker.CfnEndpointConfig(self, "Config", production_variants=[])
+        # The key as the L1 property (not an override), so the compliance packs see the volumes encrypted.
+        self.endpoint_config = sagemaker.CfnEndpointConfig(self, "Config", production_variants=[], kms_key_id=config_definition.get("KmsKeyId"))
         self.endpoint_config.add_property_override("EndpointConfigName", self.endpoint_config_name)
         for name, value in config_definition.items():
-            self.endpoint_config.add_property_override(name, value)
+            if name != "KmsKeyId":
+                self.endpoint_config.add_property_override(name, value)
         self.endpoint_config.cfn_options.condition = self.serve_any
 
         # --- the endpoint: blue/green, rolled back by the served variants' 5xx alarms --------------

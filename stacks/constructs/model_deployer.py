@@ -187,6 +187,10 @@ class ModelDeployer(Construct):
             "ReadRecord",
             service="ssm",
             action="getParameters",
+            # IAM's spelling (CDK would grant `ssm:getParameters`): the same permission, as IAM ignores
+            # case, but checkov's CKV_AWS_108 misreads the lower-case form as an action without resource
+            # constraints (data exfiltration); these three parameters are the only resources.
+            iam_action="ssm:GetParameters",
             iam_resources=list(self.record.arns.values()),
             parameters={"Names": [names["base"], names["finetuned"], names["endpoint"]]},
             assign={"previous": jsonata(f"$merge($states.result.Parameters.{{$substringAfter(Name, '{path}'): Value}})")},
@@ -238,6 +242,7 @@ class ModelDeployer(Construct):
             "PutParameter",
             service="ssm",
             action="putParameter",
+            iam_action="ssm:PutParameter",  # spelled as IAM does, like ReadRecord's
             iam_resources=list(self.record.arns.values()),
             parameters={"Name": jsonata("$states.input.name"), "Value": jsonata("$states.input.value"), "Type": "String", "Overwrite": True},
         )
