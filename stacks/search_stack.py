@@ -34,7 +34,7 @@ from constructs import Construct
 
 from stacks.config import KnowledgeBaseConfig, SearchConfig, StageConfig
 from stacks.constructs.alarms import alarm_name, stage_alarm
-from stacks.constructs.compliance import acknowledge
+from stacks.constructs.compliance import DEPLOY_TIME_CONCURRENCY, accept, accept_function, acknowledge, invoked_by_cloudformation
 from stacks.constructs.lifecycle import removal_policy, retention
 from stacks.constructs.python_function import PythonFunction
 from stacks.storage_stack import StorageStack
@@ -160,6 +160,25 @@ class VectorIndex(Construct):
             f"AwsSolutions-IAM5[Resource::<{handler_id}.Arn>:*]",
             "The provider framework may invoke any version of the one handler function it fronts",
         )
+        self._accept_functions()
+
+    def _accept_functions(self) -> None:
+        accept_function(
+            self.function.function,
+            dead_letters="the provider framework invokes it synchronously for each CloudFormation event of the index and "
+                         "reports its error to CloudFormation, which fails (and rolls back) the stack operation",
+            concurrency=DEPLOY_TIME_CONCURRENCY,
+        )
+        framework = self.provider.node.find_child("framework-onEvent")
+        accept_function(
+            framework,
+            dead_letters=invoked_by_cloudformation("CDK's provider framework of the vector index"),
+            concurrency=DEPLOY_TIME_CONCURRENCY,
+        )
+        accept(framework, "CDK's provider framework only relays CloudFormation events to the vector-index handler, which "
+                          "is traced and sized for the work: 128 MB is enough to relay, and its own trace adds nothing "
+                          "the handler's trace and the stack events do not show",
+               nag=["LambdaDefaultMemorySize", "LambdaTracing"])
 
 
 def vector_index_properties(search: SearchConfig, kb: KnowledgeBaseConfig, *, endpoint_url: str, retain: bool,
@@ -378,3 +397,7 @@ class SearchStack(cdk.Stack):
             acknowledge(self.domain, "AwsSolutions-OS4", f"Stage {stage.name} is a one-node development domain; prod uses dedicated masters")
         if not stage.search.multi_az:
             acknowledge(self.domain, "AwsSolutions-OS7", f"Stage {stage.name} is a one-node development domain; prod is multi-AZ")
+        accept(self.domain, "Bedrock knowledge bases do not support VPC domains: the public endpoint accepts only SigV4 "
+                            "requests of the three roles the access policy names, with fine-grained access control and "
+                            "no anonymous or internal users (as AwsSolutions-OS1)",
+               nag=["OpenSearchInVPCOnly"])

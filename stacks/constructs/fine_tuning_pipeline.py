@@ -45,7 +45,7 @@ from constructs import Construct
 
 from stacks import serving_contract
 from stacks.config import TRN1_NEURON_CORES, ConfigError, StageConfig
-from stacks.constructs.compliance import acknowledge
+from stacks.constructs.compliance import accept_function, acknowledge
 from stacks.constructs.lifecycle import retention
 from stacks.constructs.model_registry import ROLE_PROPERTY, ModelRegistry
 from stacks.constructs.python_function import PythonFunction
@@ -464,6 +464,14 @@ class FineTuningPipeline(Construct):
     # --- cdk-nag --------------------------------------------------------------------------------
 
     def _acknowledge(self) -> None:
+        accept_function(
+            self.validator.function,
+            dead_letters="the pipeline's ValidateInput task invokes it synchronously (RequestResponse): a failure fails the "
+                         "execution, which the model-pipeline-failed alarm and the lifecycle topic report",
+            concurrency="one invocation per model-pipeline execution, which an operator starts: a reserved pool would take "
+                        "concurrency from every other function of the account at all times, and Lambda refuses any "
+                        "reservation in accounts at the new-account concurrency quota",
+        )
         p = ARTIFACT_PREFIXES
         data, artifacts = self.storage.training_arn_export.name, self.storage.artifacts_arn_export.name
         arn = "arn:<AWS::Partition>:{service}:<AWS::Region>:<AWS::AccountId>:{resource}"

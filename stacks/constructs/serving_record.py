@@ -16,6 +16,7 @@ from constructs import Construct
 
 from stacks import serving_contract
 from stacks.config import StageConfig
+from stacks.constructs.compliance import DEPLOY_TIME_CONCURRENCY, accept_function, invoked_by_cloudformation
 from stacks.constructs.lifecycle import retention
 from stacks.constructs.python_function import PythonFunction
 
@@ -54,6 +55,8 @@ class ServingRecord(Construct):
             log_retention=retention(log_retention_days),
             log_encryption_key=key,
         )
+        accept_function(self.function.function, dead_letters=invoked_by_cloudformation("the serving record's custom resource handler"),
+                        concurrency=DEPLOY_TIME_CONCURRENCY)
         actions = ["ssm:PutParameter"] if retain else ["ssm:PutParameter", "ssm:DeleteParameters"]
         policy = iam.Policy(self, "Policy", roles=[self.function.role], statements=[iam.PolicyStatement(actions=actions, resources=list(self.arns.values()))])
         self.resource = cdk.CustomResource(
