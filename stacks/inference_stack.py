@@ -49,7 +49,7 @@ class InferenceStack(cdk.Stack):
             artifacts_bucket_name=storage.artifacts_bucket.bucket_name,
             artifacts_bucket_arn=storage.artifacts_arn_export.value,
             artifacts_bucket_export=storage.artifacts_arn_export.name,
-            kms_key_arn=storage.key.key_arn,
+            key=storage.key,
         )
         self.endpoint_name = self.generator.endpoint_name
         self.endpoint_arn = self.generator.endpoint_arn

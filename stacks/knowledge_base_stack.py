@@ -31,6 +31,7 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
@@ -40,6 +41,7 @@ from constructs import Construct
 
 from stacks.config import KnowledgeBaseConfig, StageConfig
 from stacks.constructs.alarms import ALARM_PERIOD, alarm_name, stage_alarm
+from stacks.constructs.compliance import DEPLOY_TIME_CONCURRENCY, accept, accept_function, invoked_by_cloudformation
 from stacks.constructs.lifecycle import removal_policy, retention
 from stacks.constructs.python_function import PythonFunction
 from stacks.search_stack import TITAN_V2_MODEL_ID, SearchStack
@@ -62,6 +64,8 @@ VISIBILITY_TIMEOUT = cdk.Duration.seconds(6 * 60)
 MAX_WAIT = cdk.Duration.hours(24)
 # The event source mapping's cap (its minimum): one job runs per data source anyway.
 MAX_CONCURRENCY = 2
+# The id of the function CDK's AwsCustomResource shares within a stack (aws-cdk-lib custom-resources).
+AWS_CUSTOM_RESOURCE_SINGLETON = "AWS679f53fac002430cb0da5b7982bd2287"
 
 
 def ingest_function_name(stage: StageConfig) -> str:
@@ -192,6 +196,7 @@ class Ingestion(Construct):
             timeout=INGEST_TIMEOUT,
             log_retention=log_retention,
             log_removal_policy=removal,
+            log_encryption_key=storage.key,  # document keys (names) and ingestion failure reasons
             environment={
                 "KNOWLEDGE_BASE_ID": knowledge_base.attr_knowledge_base_id,
                 "DATA_SOURCE_ID": data_source.attr_data_source_id,
@@ -219,7 +224,34 @@ class Ingestion(Construct):
             report_batch_item_failures=True,
         ))
         self.alarms = self._alarms(stage)
-        self.first_sync = self._first_sync(stage, data_source, log_retention, removal)
+        self.first_sync = self._first_sync(stage, data_source, log_retention, removal, storage)
+        self._accept(kb)
+
+    def _accept(self, kb: KnowledgeBaseConfig) -> None:
+        redrive = (f"after {kb.ingestion_max_attempts} receives the change queue's redrive policy moves a failed message "
+                   "to the dead-letter queue, which the ingestion-dead-letters alarm watches")
+        accept_function(
+            self.handler.function,
+            dead_letters=f"its SQS event source mapping invokes it synchronously (a function DLQ only receives "
+                         f"asynchronous events): {redrive}",
+            concurrency=f"its SQS event source mapping caps it at {MAX_CONCURRENCY} concurrent invocations "
+                        "(ScalingConfig.MaximumConcurrency, which this check does not read); reserved concurrency is "
+                        "refused in accounts at the new-account quota, and its throttled receives would count towards "
+                        "maxReceiveCount",
+        )
+        (mapping,) = [child for child in self.handler.function.node.children if isinstance(child, lambda_.EventSourceMapping)]
+        accept(mapping,
+               f"on-failure destinations are for stream and Kafka sources; for an SQS source the queue's redrive policy is "
+               f"the failure destination: {redrive}",
+               nag=["LambdaEventSourceMappingDestination"])
+        for queue in (self.queue, self.dead_letter_queue):
+            accept(queue, "encrypted at rest with SQS-managed server-side encryption (SqsManagedSseEnabled: true); this "
+                          "check recognises only a KMS key (KmsMasterKeyId)",
+                   checkov=["CKV_AWS_27"])
+        accept(self.dead_letter_queue, "this is the dead-letter queue (of the change queue and of the EventBridge target): "
+                                       "its messages are read by an operator after the ingestion-dead-letters alarm, "
+                                       "not redriven automatically",
+               nag=["SQSRedrivePolicy"])
 
     def _alarms(self, stage: StageConfig) -> list[cloudwatch.Alarm]:
         kb = stage.knowledge_base
@@ -247,11 +279,11 @@ class Ingestion(Construct):
         ]
 
     def _first_sync(self, stage: StageConfig, data_source: bedrock.CfnDataSource, log_retention: logs.RetentionDays,
-                    removal: cdk.RemovalPolicy) -> cr.AwsCustomResource:
+                    removal: cdk.RemovalPolicy, storage: StorageStack) -> cr.AwsCustomResource:
         """First sync of a new stage (and after the data source is replaced): a message into the same queue."""
         sync_role = iam.Role(self, "FirstSyncRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                              description="Sends the first-sync message of a new knowledge base data source")
-        sync_logs = logs.LogGroup(self, "FirstSyncLogs", retention=log_retention, removal_policy=removal)
+        sync_logs = logs.LogGroup(self, "FirstSyncLogs", retention=log_retention, removal_policy=removal, encryption_key=storage.key)
         sync_logs.grant_write(sync_role)
         message = cdk.Stack.of(self).to_json_string({
             "source": DEPLOY_SYNC_SOURCE,
@@ -278,6 +310,16 @@ class Ingestion(Construct):
         )
         # The message must find the consumer wired (the event source mapping), not just the queue.
         first_sync.node.add_dependency(self.handler.function)
+        singleton = cdk.Stack.of(self).node.find_child(AWS_CUSTOM_RESOURCE_SINGLETON)
+        accept_function(
+            singleton,
+            dead_letters=invoked_by_cloudformation("CDK's AwsCustomResource handler (the first-sync message)"),
+            concurrency=DEPLOY_TIME_CONCURRENCY,
+            environment=False,
+        )
+        accept(singleton, "CDK's AwsCustomResource handler makes one SDK call (sqs:SendMessage) when a data source is "
+                          "created: 128 MB is enough, and a trace would add nothing the stack events do not show",
+               nag=["LambdaDefaultMemorySize", "LambdaTracing"])
         return first_sync
 
 

@@ -34,7 +34,7 @@ from constructs import Construct
 
 from stacks.config import KnowledgeBaseConfig, SearchConfig, StageConfig
 from stacks.constructs.alarms import alarm_name, stage_alarm
-from stacks.constructs.compliance import acknowledge
+from stacks.constructs.compliance import DEPLOY_TIME_CONCURRENCY, accept, accept_function, acknowledge, invoked_by_cloudformation
 from stacks.constructs.lifecycle import removal_policy, retention
 from stacks.constructs.python_function import PythonFunction
 from stacks.storage_stack import StorageStack
@@ -121,7 +121,7 @@ class VectorIndex(Construct):
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, admin_role: iam.Role,
-                 endpoint_url: str, knowledge_base_role: iam.IRole, query_role: iam.IRole) -> None:
+                 endpoint_url: str, knowledge_base_role: iam.IRole, query_role: iam.IRole, key: kms.IKey) -> None:
         super().__init__(scope, construct_id)
         search, kb = stage.search, stage.knowledge_base
         log_retention = retention(search.log_retention_days)
@@ -134,11 +134,12 @@ class VectorIndex(Construct):
             timeout=cdk.Duration.minutes(10),  # retries 403s while IAM and FGAC propagate
             log_retention=log_retention,
             log_removal_policy=log_removal,
+            log_encryption_key=key,  # index and role names, request errors from the domain
             role=admin_role,
         )
         framework_role = iam.Role(self, "ProviderRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                                   description="Runs the CDK custom resource provider framework for the vector index")
-        framework_logs = logs.LogGroup(self, "ProviderLogs", retention=log_retention, removal_policy=log_removal)
+        framework_logs = logs.LogGroup(self, "ProviderLogs", retention=log_retention, removal_policy=log_removal, encryption_key=key)
         framework_logs.grant_write(framework_role)
         self.provider = cr.Provider(self, "Provider", on_event_handler=self.function.function, framework_on_event_role=framework_role,
                                     log_group=framework_logs)
@@ -159,6 +160,25 @@ class VectorIndex(Construct):
             f"AwsSolutions-IAM5[Resource::<{handler_id}.Arn>:*]",
             "The provider framework may invoke any version of the one handler function it fronts",
         )
+        self._accept_functions()
+
+    def _accept_functions(self) -> None:
+        accept_function(
+            self.function.function,
+            dead_letters="the provider framework invokes it synchronously for each CloudFormation event of the index and "
+                         "reports its error to CloudFormation, which fails (and rolls back) the stack operation",
+            concurrency=DEPLOY_TIME_CONCURRENCY,
+        )
+        framework = self.provider.node.find_child("framework-onEvent")
+        accept_function(
+            framework,
+            dead_letters=invoked_by_cloudformation("CDK's provider framework of the vector index"),
+            concurrency=DEPLOY_TIME_CONCURRENCY,
+        )
+        accept(framework, "CDK's provider framework only relays CloudFormation events to the vector-index handler, which "
+                          "is traced and sized for the work: 128 MB is enough to relay, and its own trace adds nothing "
+                          "the handler's trace and the stack events do not show",
+               nag=["LambdaDefaultMemorySize", "LambdaTracing"])
 
 
 def vector_index_properties(search: SearchConfig, kb: KnowledgeBaseConfig, *, endpoint_url: str, retain: bool,
@@ -303,7 +323,7 @@ class SearchStack(cdk.Stack):
 
         endpoint_url = cdk.Fn.join("", ["https://", self.domain.attr_domain_endpoint])
         index = VectorIndex(self, "VectorIndex", stage=stage, admin_role=admin_role, endpoint_url=endpoint_url,
-                            knowledge_base_role=self.knowledge_base_role, query_role=self.query_role)
+                            knowledge_base_role=self.knowledge_base_role, query_role=self.query_role, key=storage.key)
         self.vector_index = index.resource
         self.index = VectorIndexInfo(
             endpoint_url=endpoint_url,
@@ -377,3 +397,7 @@ class SearchStack(cdk.Stack):
             acknowledge(self.domain, "AwsSolutions-OS4", f"Stage {stage.name} is a one-node development domain; prod uses dedicated masters")
         if not stage.search.multi_az:
             acknowledge(self.domain, "AwsSolutions-OS7", f"Stage {stage.name} is a one-node development domain; prod is multi-AZ")
+        accept(self.domain, "Bedrock knowledge bases do not support VPC domains: the public endpoint accepts only SigV4 "
+                            "requests of the three roles the access policy names, with fine-grained access control and "
+                            "no anonymous or internal users (as AwsSolutions-OS1)",
+               nag=["OpenSearchInVPCOnly"])

@@ -37,7 +37,7 @@ from constructs import Construct
 from stacks import serving_contract
 from stacks.config import SERVING_GENERATOR_CHOICES, ServingConfig, StageConfig
 from stacks.constructs.bedrock_model import BedrockModel
-from stacks.constructs.compliance import acknowledge
+from stacks.constructs.compliance import accept, accept_function, acknowledge
 from stacks.constructs.lifecycle import removal_policy, retention
 from stacks.constructs.python_function import PythonFunction
 from stacks.constructs.serving_alarms import API_STAGE_NAME, METRICS_NAMESPACE, ServingAlarms, api_name, query_function_name
@@ -79,6 +79,22 @@ def endpoint_name(stage: StageConfig) -> str | None:
 def power_parameter(stage_name: str) -> str:
     """The endpoint's power parameter (Contract 3; equal to lambda/shared/model_record.power_parameter, tested)."""
     return f"/rag/{stage_name}/serving/endpoint"
+
+
+def unreserved_concurrency_reason(serving: ServingConfig) -> str | None:
+    """Why the query function may run without reserved concurrency (None when the stage reserves some).
+
+    The API admits at most `burst` requests at once plus `rate` a second, each running at most the
+    function's timeout: that bounds its concurrency without a reservation.
+    """
+    if serving.reserved_concurrency is not None:
+        return None
+    most = serving.throttle_rate_limit * serving.lambda_timeout_s + serving.throttle_burst_limit
+    return ("reserved concurrency is opt-in (serving.reserved_concurrency): Lambda refuses any reservation in accounts at "
+            "the new-account quota, and a cap below what the API admits would turn admitted requests into 5xx; the "
+            f"stage's throttle ({serving.throttle_rate_limit}/s, burst {serving.throttle_burst_limit}) and the "
+            f"{serving.lambda_timeout_s} s timeout bound it to {most} concurrent executions, and the query-throttles "
+            "alarm reports when the account's pool runs out")
 
 
 def query_request_schema(serving: ServingConfig) -> apigw.JsonSchema:
@@ -171,12 +187,21 @@ class ServingStack(cdk.Stack):
         self.policy = iam.Policy(self, "QueryPolicy", roles=[search.query_role], statements=self._statements(stage, knowledge_base, endpoint))
         self.function.function.node.add_dependency(self.policy)
         self.profile_policies = self._profile_policies(search)
+        self._accept_function(serving)
 
         self.api = self._api(stage, storage)
         serving_alarms = ServingAlarms(self, "Alarms", stage=stage)
         self.alarms, self.alarm_names = serving_alarms.alarms, serving_alarms.names
         cdk.CfnOutput(self, "ApiUrl", value=self.api.url, description="Base URL; POST <url>query, GET <url>health (SigV4, service execute-api)")
         cdk.CfnOutput(self, "FunctionName", value=self.function.function.function_name)
+
+    def _accept_function(self, serving: ServingConfig) -> None:
+        accept_function(
+            self.function.function,
+            dead_letters="API Gateway invokes it synchronously (Lambda proxy): a failure is the caller's 5xx answer, "
+                         "counted by the api-5xx and query-errors alarms; a function DLQ only receives asynchronous events",
+            concurrency=unreserved_concurrency_reason(serving),
+        )
 
     # --- environment -------------------------------------------------------------------------
 
@@ -336,6 +361,19 @@ class ServingStack(cdk.Stack):
             "every method requires SigV4-signed IAM credentials and the stage is throttled; a WAF web ACL adds cost "
             "without filtering anything an unauthenticated caller can reach",
         )
+        accept(api.deployment_stage,
+               "every method requires SigV4-signed IAM credentials (API Gateway rejects unsigned calls before the "
+               "integration) and the stage is throttled; a WAF web ACL (a monthly fee plus per request) filters nothing an "
+               "unauthenticated caller can reach; revisit if a public, non-IAM front end is added",
+               nag=["APIGWAssociatedWithWAF"])
+        accept(api.deployment_stage,
+               "no method may be cached: POST /query answers depend on the body and on the caller (a cache keyed on method "
+               "and path would serve one caller's answer to another), and GET /health must report the live state",
+               checkov=["CKV_AWS_120"], nag=["APIGWCacheEnabledAndEncrypted"])
+        accept(api.deployment_stage,
+               "a client certificate authenticates API Gateway to an HTTP backend; the only integration is Lambda proxy "
+               "(AWS_PROXY), which API Gateway calls through the Lambda API with IAM, where a client certificate does not apply",
+               nag=["APIGWSSLEnabled"])
         for method in api.methods:
             acknowledge(
                 method, "AwsSolutions-COG4",

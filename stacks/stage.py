@@ -25,6 +25,7 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from stacks.config import StageConfig
+from stacks.constructs.compliance import accept_inline_policies
 from stacks.inference_stack import InferenceStack
 from stacks.knowledge_base_stack import KnowledgeBaseStack
 from stacks.monitoring_stack import MonitoringStack
@@ -74,6 +75,9 @@ def build_stage(scope: Construct, stage: StageConfig) -> StageStacks:
     ordered = stacks.in_deploy_order()
     for before, after in zip(ordered, ordered[1:]):
         after.add_stack_dependency(before, "deploy order of the stage (stacks/stage.py)")
+    # Last, when every grant (some stacks add statements to roles of others) has made its policy.
+    for stack in ordered:
+        accept_inline_policies(stack)
     return stacks
 
 

@@ -1,5 +1,5 @@
 """Storage: the S3 buckets every other part reads or writes, and the key that encrypts them (and
-the stage's log groups that can hold user text).
+every log group of the stage).
 
 Stateful: prod retains it (and the data in it) when the stack is deleted; dev destroys it.
 """
@@ -15,7 +15,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from stacks.config import StageConfig
-from stacks.constructs.compliance import acknowledge
+from stacks.constructs.compliance import DEPLOY_TIME_CONCURRENCY, accept, accept_function, acknowledge, invoked_by_cloudformation
 from stacks.constructs.lifecycle import removal_policy
 
 
@@ -32,6 +32,12 @@ class ArtifactPrefixes:
 
 
 ARTIFACT_PREFIXES = ArtifactPrefixes()
+# Where each data bucket's content comes from again if a region is lost (no cross-region replica).
+DATA_BUCKET_SOURCES = {
+    "Documents": "the documents are a copy of the source of record they are uploaded from",
+    "TrainingData": "the training data is uploaded from the data set it was prepared from",
+    "Artifacts": "the model artifacts are rebuilt by the model pipeline from the training data and a public base model",
+}
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,9 @@ class StorageStack(cdk.Stack):
         cdk.CfnOutput(self, "DocumentsPrefix", value=storage.documents_prefix)
 
     def _let_cloudwatch_logs_use_key(self) -> None:
-        """The stage's log groups that can hold user text (API access logs, the query function's
-        logs, the search domain's logs) are encrypted with this key: CloudWatch Logs may use it for
-        log groups of this account and region only (the encryption context names the log group)."""
+        """Every log group of the stage is encrypted with this key (questions, document names and
+        model output can appear in them): CloudWatch Logs may use it for log groups of this account
+        and region only (the encryption context names the log group)."""
         self.key.add_to_resource_policy(iam.PolicyStatement(
             sid="CloudWatchLogsEncryptsLogGroups",
             principals=[iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com")],
@@ -113,13 +119,25 @@ class StorageStack(cdk.Stack):
         return ExportedArn(name=export, value=self.export_value(bucket.bucket_arn, name=export))
 
     def _acknowledge_cdk_helpers(self) -> None:
-        """CDK's own helper Lambda for bucket notifications, which the project cannot configure."""
+        """CDK's own helper Lambdas (bucket notifications; emptying the buckets of a stage that
+        does not retain data), which the project cannot configure."""
         handler = next(child for child in self.node.children if child.node.id.startswith("BucketNotificationsHandler"))
         acknowledge(
             handler.node.find_child("Role"),
             "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
             "CDK's BucketNotificationsHandler (turns on EventBridge delivery at deploy) hard-codes this logging policy",
         )
+        helpers = [(handler, "CDK's BucketNotificationsHandler, which turns on EventBridge delivery of the documents bucket")]
+        auto_delete = self.node.try_find_child("Custom::S3AutoDeleteObjectsCustomResourceProvider")
+        if auto_delete is not None:
+            helpers.append((auto_delete.node.find_child("Handler"), "CDK's AutoDeleteObjects handler, which empties a bucket of this stage when the stack deletes it"))
+        for function, what in helpers:
+            accept_function(
+                function,
+                dead_letters=invoked_by_cloudformation(what),
+                concurrency=DEPLOY_TIME_CONCURRENCY,
+                environment=False,
+            )
 
     def _access_logs_bucket(self, stage: StageConfig, removal: cdk.RemovalPolicy) -> s3.Bucket:
         # Server access log delivery supports only SSE-S3 on the target bucket, not SSE-KMS.
@@ -139,7 +157,21 @@ class StorageStack(cdk.Stack):
             auto_delete_objects=not stage.retain_data,
         )
         acknowledge(bucket, "AwsSolutions-S1", "This is the server access log target; logging it into itself would loop")
+        accept(bucket, "the server access log target of the other buckets: logging it into itself would log its own log "
+                       "deliveries in a loop; reads of it are CloudTrail data events where the account records them",
+               checkov=["CKV_AWS_18"])
+        accept(bucket, "the server access log target: S3 server access logging delivers only to SSE-S3 (AES256) buckets, "
+                       "not SSE-KMS; the log records hold request metadata, the data buckets use the stage key",
+               nag=["S3DefaultEncryptionKMS"])
+        self._accept_single_region(bucket, "its access log records expire after storage.access_log_expiry_days")
         return bucket
+
+    @staticmethod
+    def _accept_single_region(bucket: s3.Bucket, what: str) -> None:
+        accept(bucket, "single-region project: the buckets are versioned and a stage that retains data keeps them, "
+                       f"and {what}; cross-region replication is a disaster-recovery decision (a second region, a "
+                       "replica key, twice the storage) to add as a configuration option when a stage needs it",
+               nag=["S3BucketReplicationEnabled"])
 
     def _data_bucket(
         self,
@@ -150,7 +182,7 @@ class StorageStack(cdk.Stack):
         event_bridge: bool = False,
         extra_rules: tuple = (),
     ) -> s3.Bucket:
-        return s3.Bucket(
+        bucket = s3.Bucket(
             self,
             construct_id,
             encryption=s3.BucketEncryption.KMS,
@@ -167,6 +199,8 @@ class StorageStack(cdk.Stack):
             removal_policy=removal,
             auto_delete_objects=not stage.retain_data,
         )
+        self._accept_single_region(bucket, DATA_BUCKET_SOURCES[construct_id])
+        return bucket
 
     @staticmethod
     def _hygiene_rules(stage: StageConfig) -> list[s3.LifecycleRule]:

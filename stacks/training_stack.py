@@ -29,7 +29,7 @@ from stacks.constructs.fine_tuning_pipeline import (  # noqa: F401 (re-exported 
     load_rules,
     training_image_uri,
 )
-from stacks.constructs.model_deployer import DEPLOYER_FAILED_ALARM, ModelDeployer
+from stacks.constructs.model_deployer import APPROVAL_UNDELIVERED_ALARM, DEPLOYER_FAILED_ALARM, ModelDeployer
 from stacks.constructs.model_registry import ModelRegistry
 from stacks.constructs.serving_record import ServingRecord
 from stacks.storage_stack import StorageStack
@@ -54,7 +54,7 @@ class TrainingStack(cdk.Stack):
         self.schedule: Optional[EndpointSchedule] = None
         self.alarm_names = [alarm_name(stage, PIPELINE_FAILED_ALARM)]
         if stage.inference.enabled:
-            self.record = ServingRecord(self, "ServingRecord", stage=stage, log_retention_days=training.log_retention_days)
+            self.record = ServingRecord(self, "ServingRecord", stage=stage, log_retention_days=training.log_retention_days, key=storage.key)
             self.deployer = ModelDeployer(
                 self,
                 "Deployer",
@@ -65,10 +65,11 @@ class TrainingStack(cdk.Stack):
                 topic=self.topic,
                 key=storage.key,
             )
-            self.alarm_names.append(alarm_name(stage, DEPLOYER_FAILED_ALARM))
+            self.alarm_names += [alarm_name(stage, DEPLOYER_FAILED_ALARM), alarm_name(stage, APPROVAL_UNDELIVERED_ALARM)]
             if stage.inference.power_on_schedule is not None:
                 self.schedule = EndpointSchedule(self, "PowerSchedule", stage=stage, deployer=self.deployer.state_machine)
             cdk.CfnOutput(self, "DeployerArn", value=self.deployer.state_machine.state_machine_arn, description="Switch the endpoint (scripts/endpoint_power.py) or roll back (scripts/rollback_model.py)")
+            cdk.CfnOutput(self, "ApprovalDeadLetterQueueUrl", value=self.deployer.approval_dead_letters.queue_url, description="Approval events EventBridge could not deliver to the model deployer")
 
         cdk.CfnOutput(self, "StateMachineArn", value=self.state_machine.state_machine_arn, description="Start a run: scripts/start_training.py (--compile-only for a base model)")
         cdk.CfnOutput(self, "ModelPackageGroupName", value=self.registry.group_name)

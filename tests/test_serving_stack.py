@@ -12,7 +12,14 @@ from shared import model_record
 from stacks.config import InferenceConfig, ServingConfig, StageConfig
 from stacks.constructs.bedrock_model import MODEL_REGIONS, BedrockModel, UnsupportedModelRegionError
 from stacks.constructs.python_function import RUNTIME
-from stacks.serving_stack import INTEGRATION_TIMEOUT_S, REQUEST_GENERATORS, ServingStack, endpoint_name, power_parameter
+from stacks.serving_stack import (
+    INTEGRATION_TIMEOUT_S,
+    REQUEST_GENERATORS,
+    ServingStack,
+    endpoint_name,
+    power_parameter,
+    unreserved_concurrency_reason,
+)
 
 STAGES = ("dev", "prod")
 
@@ -99,6 +106,18 @@ def test_function_settings_come_from_config(serving):
     assert props["TracingConfig"] == {"Mode": "Active"} and props["LoggingConfig"]["LogFormat"] == "JSON"
     assert "Ref" in props["Layers"][0]  # the Powertools layer ARN from its public SSM parameter, not a bundle
     assert "Fn::ImportValue" in props["Role"] and "QueryRole" in json.dumps(props["Role"])  # the Search stack's query role
+
+
+def test_an_unreserved_query_function_says_what_bounds_it_and_a_reserved_one_is_not_excused(serving):
+    stage, template = serving
+    props = _one(template, "AWS::Lambda::Function")
+    skips = {entry["id"]: entry["comment"] for entry in props["Metadata"]["checkov"]["skip"]}
+    assert stage.serving.reserved_concurrency is None  # neither shipped stage reserves concurrency
+    assert skips["CKV_AWS_115"] == unreserved_concurrency_reason(stage.serving)
+    bound = ServingConfig(throttle_rate_limit=7, throttle_burst_limit=9, lambda_timeout_s=10)
+    assert "bound it to 79 concurrent executions" in unreserved_concurrency_reason(bound)  # 7/s x 10 s + 9
+    assert "(7/s, burst 9)" in unreserved_concurrency_reason(bound)
+    assert unreserved_concurrency_reason(ServingConfig(reserved_concurrency=50)) is None  # then the tools see the cap
 
 
 def test_role_statements_are_least_privilege(serving):

@@ -289,6 +289,21 @@ def test_approval_rule_starts_the_deployer_for_approved_versions_of_this_registr
     assert '"action":"deploy"' in target["InputTransformer"]["InputTemplate"].replace(" ", "") and "<detail-ModelPackageArn>" in target["InputTransformer"]["InputTemplate"]
 
 
+def test_an_approval_eventbridge_cannot_deliver_is_kept_and_alarmed(manual):
+    (rule,) = resources(manual, "AWS::Events::Rule").values()
+    (target,) = rule["Properties"]["Targets"]
+    (queue_id,) = [name for name in resources(manual, "AWS::SQS::Queue") if name.startswith("DeployerApprovalDeadLetters")]
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [queue_id, "Arn"]}}
+    queue = manual["Resources"][queue_id]
+    assert queue["DeletionPolicy"] == "Retain" and queue["Properties"]["SqsManagedSseEnabled"] is True  # prod keeps what it holds
+    (policy,) = [p["Properties"] for p in resources(manual, "AWS::SQS::QueuePolicy").values() if p["Properties"]["Queues"] == [{"Ref": queue_id}]]
+    sends = [s for s in policy["PolicyDocument"]["Statement"] if s.get("Principal") == {"Service": "events.amazonaws.com"}]
+    assert sends and all(s["Condition"]["ArnEquals"]["aws:SourceArn"] == {"Fn::GetAtt": [next(iter(resources(manual, "AWS::Events::Rule"))), "Arn"]} for s in sends)
+    (alarm,) = [a["Properties"] for a in resources(manual, "AWS::CloudWatch::Alarm").values() if a["Properties"]["AlarmName"] == "RagProd-model-approval-undelivered"]
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue_id, "QueueName"]}}]
+    assert alarm["Threshold"] == 1 and alarm["AlarmActions"]
+
+
 def test_serving_record_is_created_if_missing_and_kept_on_retained_stages(synth):
     for stage, retain in (("dev", "false"), ("prod", "true")):
         (record,) = resources(synth.template(f"Rag{stage.capitalize()}-Training"), "Custom::ServingRecord").values()

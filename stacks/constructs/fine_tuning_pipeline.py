@@ -45,7 +45,7 @@ from constructs import Construct
 
 from stacks import serving_contract
 from stacks.config import TRN1_NEURON_CORES, ConfigError, StageConfig
-from stacks.constructs.compliance import acknowledge
+from stacks.constructs.compliance import accept_function, acknowledge
 from stacks.constructs.lifecycle import retention
 from stacks.constructs.model_registry import ROLE_PROPERTY, ModelRegistry
 from stacks.constructs.python_function import PythonFunction
@@ -140,6 +140,7 @@ class FineTuningPipeline(Construct):
             description="Validates a model pipeline request (data, base model, hyperparameters) and names its jobs",
             timeout=cdk.Duration.seconds(60),
             log_retention=retention(training.log_retention_days),
+            log_encryption_key=key,  # the run's request: data and model locations, hyperparameters
             environment={
                 "TRAINING_BUCKET": storage.training_bucket.bucket_name,
                 "ARTIFACTS_BUCKET": artifacts,
@@ -152,7 +153,7 @@ class FineTuningPipeline(Construct):
         )
         self.validator_policy = self._grant_validator()
 
-        self.log_group = workflow_log_group(self, "Logs", name=f"{stage.stack_prefix}-model-pipeline", stage=stage, retention_days=training.log_retention_days)
+        self.log_group = workflow_log_group(self, "Logs", name=f"{stage.stack_prefix}-model-pipeline", stage=stage, retention_days=training.log_retention_days, key=key)
         hours = training.max_runtime_hours + (training.max_wait_hours if training.use_spot else 0)
         self.state_machine = sfn.StateMachine(
             self,
@@ -463,6 +464,14 @@ class FineTuningPipeline(Construct):
     # --- cdk-nag --------------------------------------------------------------------------------
 
     def _acknowledge(self) -> None:
+        accept_function(
+            self.validator.function,
+            dead_letters="the pipeline's ValidateInput task invokes it synchronously (RequestResponse): a failure fails the "
+                         "execution, which the model-pipeline-failed alarm and the lifecycle topic report",
+            concurrency="one invocation per model-pipeline execution, which an operator starts: a reserved pool would take "
+                        "concurrency from every other function of the account at all times, and Lambda refuses any "
+                        "reservation in accounts at the new-account concurrency quota",
+        )
         p = ARTIFACT_PREFIXES
         data, artifacts = self.storage.training_arn_export.name, self.storage.artifacts_arn_export.name
         arn = "arn:<AWS::Partition>:{service}:<AWS::Region>:<AWS::AccountId>:{resource}"

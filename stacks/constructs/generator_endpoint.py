@@ -39,6 +39,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
@@ -95,7 +96,7 @@ class GeneratorEndpoint(Construct):
         artifacts_bucket_name: str,
         artifacts_bucket_arn: str,
         artifacts_bucket_export: str,
-        kms_key_arn: str,
+        key: kms.IKey,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
@@ -107,14 +108,17 @@ class GeneratorEndpoint(Construct):
         serving_contract.check_config_name_length(self.endpoint_name)
         self.endpoint_arn = stack.format_arn(service="sagemaker", resource="endpoint", resource_name=self.endpoint_name)
 
+        kms_key_arn = key.key_arn
         self.execution_role, self._policy = self._execution_role(artifacts_bucket_arn, artifacts_bucket_export, kms_key_arn)
         # SageMaker writes to this name: a retained copy would block a redeploy, so it goes with the stack.
+        # Encrypted with the stage key: the model server's output can quote prompts and answers.
         self.log_group = logs.LogGroup(
             self,
             "Logs",
             log_group_name=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
             retention=retention(inference.log_retention_days),
             removal_policy=cdk.RemovalPolicy.DESTROY,
+            encryption_key=key,
         )
         self._grant_runtime()
 
@@ -175,10 +179,12 @@ class GeneratorEndpoint(Construct):
         digest = serving_contract.definition_digest(stack.resolve({"models": model_definitions, "config": config_definition}))
         version = {role: (cdk.Token.as_string(cdk.Fn.condition_if(self.serve[role].logical_id, self._record_part(role, 0), record.NO_VERSION)) if role in self.roles else record.NO_VERSION) for role in serving_contract.ROLES}
         self.endpoint_config_name = cdk.Fn.join("-", [self.endpoint_name, cdk.Fn.join("", ["b", version["base"]]), cdk.Fn.join("", ["f", version["finetuned"]]), digest])
-        self.endpoint_config = sagemaker.CfnEndpointConfig(self, "Config", production_variants=[])
+        # The key as the L1 property (not an override), so the compliance packs see the volumes encrypted.
+        self.endpoint_config = sagemaker.CfnEndpointConfig(self, "Config", production_variants=[], kms_key_id=config_definition.get("KmsKeyId"))
         self.endpoint_config.add_property_override("EndpointConfigName", self.endpoint_config_name)
         for name, value in config_definition.items():
-            self.endpoint_config.add_property_override(name, value)
+            if name != "KmsKeyId":
+                self.endpoint_config.add_property_override(name, value)
         self.endpoint_config.cfn_options.condition = self.serve_any
 
         # --- the endpoint: blue/green, rolled back by the served variants' 5xx alarms --------------

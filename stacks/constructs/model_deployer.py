@@ -1,7 +1,8 @@
 """The model deployer: the one way a model version, or the power, reaches the endpoint.
 
 Every path that changes what serves starts this state machine: an approval in the registry
-(EventBridge rule on "SageMaker Model Package State Change"), the pipeline with auto-deploy
+(EventBridge rule on "SageMaker Model Package State Change"; an approval event EventBridge cannot
+deliver lands in a dead-letter queue and fires an alarm), the pipeline with auto-deploy
 (it registers the version as Approved, which fires the same rule), `scripts/rollback_model.py`,
 `scripts/endpoint_power.py` and the power schedule. It never calls UpdateEndpoint: it writes the
 serving record (SSM, Contract 3) and has CloudFormation apply it:
@@ -30,24 +31,29 @@ from __future__ import annotations
 import json
 
 import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from stacks import serving_contract
 from stacks.config import StageConfig
-from stacks.constructs.compliance import acknowledge
+from stacks.constructs.alarms import ALARM_PERIOD, stage_alarm
+from stacks.constructs.compliance import accept, acknowledge
 from stacks.constructs.generator_endpoint import parameter_ids, served_roles
+from stacks.constructs.lifecycle import removal_policy
 from stacks.constructs.model_registry import ROLE_PROPERTY, ModelRegistry
 from stacks.constructs.serving_record import ServingRecord
 from stacks.constructs.workflow import SNS_SUBJECT_MAX, cloudformation_execution_role_arn, failed_executions_alarm, jsonata, workflow_log_group
 
 DEPLOYER_FAILED_ALARM = "model-deployer-failed"  # Rag<Stage>-model-deployer-failed (README, Operations)
+APPROVAL_UNDELIVERED_ALARM = "model-approval-undelivered"  # Rag<Stage>-model-approval-undelivered (README, Operations)
 from stacks.storage_stack import ARTIFACT_PREFIXES
 
 record = serving_contract.model_record
@@ -66,7 +72,8 @@ def inference_stack_name(stage: StageConfig) -> str:
 
 
 class ModelDeployer(Construct):
-    """Attributes: `state_machine`, `approval_rule`, `log_group`, `failed_alarm`, `stack_name`."""
+    """Attributes: `state_machine`, `approval_rule`, `approval_dead_letters` (approval events EventBridge
+    could not deliver), `log_group`, `failed_alarm`, `undelivered_alarm`, `stack_name`."""
 
     def __init__(
         self,
@@ -93,7 +100,7 @@ class ModelDeployer(Construct):
         self.stack_arn = stack.format_arn(service="cloudformation", resource="stack", resource_name=f"{self.stack_name}/*")
         self.execution_role_arn = cloudformation_execution_role_arn(self)
 
-        self.log_group = workflow_log_group(self, "Logs", name=f"{stage.stack_prefix}-model-deployer", stage=stage, retention_days=stage.training.log_retention_days)
+        self.log_group = workflow_log_group(self, "Logs", name=f"{stage.stack_prefix}-model-deployer", stage=stage, retention_days=stage.training.log_retention_days, key=key)
         self.state_machine = sfn.StateMachine(
             self,
             "StateMachine",
@@ -116,6 +123,12 @@ class ModelDeployer(Construct):
         self.state_machine.node.default_child.node.add_dependency(policy)
         self.failed_alarm = failed_executions_alarm(self, "FailedExecutionsAlarm", state_machine=self.state_machine, stage=stage, name=DEPLOYER_FAILED_ALARM, what="model deployer")
 
+        # An approval event the rule cannot deliver (after its retries) is kept here and alarmed:
+        # otherwise an approved version would silently never deploy.
+        self.approval_dead_letters = sqs.Queue(
+            self, "ApprovalDeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True,
+            retention_period=cdk.Duration.days(14), removal_policy=removal_policy(stage),
+        )
         self.approval_rule = events.Rule(
             self,
             "ApprovalRule",
@@ -130,8 +143,16 @@ class ModelDeployer(Construct):
                     self.state_machine,
                     input=events.RuleTargetInput.from_object({"action": "deploy", "source": "approval", "model_package_arn": events.EventField.from_path("$.detail.ModelPackageArn")}),
                     retry_attempts=3,
+                    dead_letter_queue=self.approval_dead_letters,
                 )
             ],
+        )
+        self.undelivered_alarm = stage_alarm(
+            self, "ApprovalUndeliveredAlarm", stage=stage, name=APPROVAL_UNDELIVERED_ALARM,
+            description="EventBridge could not start the model deployer for an approved model version: the message in the "
+                        "approval dead-letter queue names the version; fix the cause, deploy it with scripts/rollback_model.py --to, purge the queue.",
+            metric=self.approval_dead_letters.metric_approximate_number_of_messages_visible(period=ALARM_PERIOD, statistic="Maximum"),
+            threshold=1, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
         )
         self._acknowledge()
 
@@ -187,6 +208,10 @@ class ModelDeployer(Construct):
             "ReadRecord",
             service="ssm",
             action="getParameters",
+            # IAM's spelling (CDK would grant `ssm:getParameters`): the same permission, as IAM ignores
+            # case, but checkov's CKV_AWS_108 misreads the lower-case form as an action without resource
+            # constraints (data exfiltration); these three parameters are the only resources.
+            iam_action="ssm:GetParameters",
             iam_resources=list(self.record.arns.values()),
             parameters={"Names": [names["base"], names["finetuned"], names["endpoint"]]},
             assign={"previous": jsonata(f"$merge($states.result.Parameters.{{$substringAfter(Name, '{path}'): Value}})")},
@@ -238,6 +263,7 @@ class ModelDeployer(Construct):
             "PutParameter",
             service="ssm",
             action="putParameter",
+            iam_action="ssm:PutParameter",  # spelled as IAM does, like ReadRecord's
             iam_resources=list(self.record.arns.values()),
             parameters={"Name": jsonata("$states.input.name"), "Value": jsonata("$states.input.value"), "Type": "String", "Overwrite": True},
         )
@@ -341,6 +367,15 @@ class ModelDeployer(Construct):
         )
 
     def _acknowledge(self) -> None:
+        queue = self.approval_dead_letters
+        acknowledge(queue, "AwsSolutions-SQS3", "this is the dead-letter queue of the approval rule's target (EventBridge "
+                                                "DeadLetterConfig, which this rule does not recognise)")
+        accept(queue, "this is the dead-letter queue of the approval rule's target: an operator reads its messages after the "
+                      "model-approval-undelivered alarm and deploys the version by hand; nothing redrives them",
+               nag=["SQSRedrivePolicy"])
+        accept(queue, "encrypted at rest with SQS-managed server-side encryption (SqsManagedSseEnabled: true); this check "
+                      "recognises only a KMS key (KmsMasterKeyId)",
+               checkov=["CKV_AWS_27"])
         default_policy = self.state_machine.role.node.find_child("DefaultPolicy").node.default_child
         for rule, reason in [
             ("Resource::*", "Step Functions log delivery (logs:*LogDelivery, DescribeResourcePolicies) and X-Ray tracing have no resource-level permissions"),

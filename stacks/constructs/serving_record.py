@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from stacks import serving_contract
 from stacks.config import StageConfig
+from stacks.constructs.compliance import DEPLOY_TIME_CONCURRENCY, accept_function, invoked_by_cloudformation
 from stacks.constructs.lifecycle import retention
 from stacks.constructs.python_function import PythonFunction
 
@@ -36,7 +38,7 @@ class ServingRecord(Construct):
     """Attributes: `names` ({"base", "finetuned", "endpoint": parameter name}), `arns` (same keys),
     `path` (`/rag/<stage>/serving/`), `function`, `resource`."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, log_retention_days: int) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, log_retention_days: int, key: kms.IKey) -> None:
         super().__init__(scope, construct_id)
         self.path = record.parameter_path(stage.name)
         self.names = {role: record.record_parameter(stage.name, role) for role in record.ROLES}
@@ -51,7 +53,10 @@ class ServingRecord(Construct):
             description="Creates the serving record's SSM parameters when missing; never overwrites them",
             timeout=cdk.Duration.seconds(60),
             log_retention=retention(log_retention_days),
+            log_encryption_key=key,
         )
+        accept_function(self.function.function, dead_letters=invoked_by_cloudformation("the serving record's custom resource handler"),
+                        concurrency=DEPLOY_TIME_CONCURRENCY)
         actions = ["ssm:PutParameter"] if retain else ["ssm:PutParameter", "ssm:DeleteParameters"]
         policy = iam.Policy(self, "Policy", roles=[self.function.role], statements=[iam.PolicyStatement(actions=actions, resources=list(self.arns.values()))])
         self.resource = cdk.CustomResource(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
@@ -32,8 +33,9 @@ def stack_instance_id(scope: Construct) -> str:
     return cdk.Fn.select(2, cdk.Fn.split("/", cdk.Aws.STACK_ID))
 
 
-def workflow_log_group(scope: Construct, construct_id: str, *, name: str, stage: StageConfig, retention_days: int) -> logs.LogGroup:
-    """`/aws/vendedlogs/states/<name>-<stack uuid>`: kept with the stage's data policy, never in the way.
+def workflow_log_group(scope: Construct, construct_id: str, *, name: str, stage: StageConfig, retention_days: int, key: kms.IKey) -> logs.LogGroup:
+    """`/aws/vendedlogs/states/<name>-<stack uuid>`: kept with the stage's data policy, never in the way,
+    encrypted with the stage key `key` (execution data: requests, job names, failure causes).
 
     The `/aws/vendedlogs/` prefix lets Step Functions' log delivery use one resource policy entry for
     all of them (CloudWatch Logs caps the policy size).
@@ -44,6 +46,7 @@ def workflow_log_group(scope: Construct, construct_id: str, *, name: str, stage:
         log_group_name=cdk.Fn.join("", [f"/aws/vendedlogs/states/{name}-", stack_instance_id(scope)]),
         retention=retention(retention_days),
         removal_policy=removal_policy(stage),
+        encryption_key=key,
     )
 
 
