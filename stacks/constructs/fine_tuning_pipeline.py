@@ -51,10 +51,9 @@ from stacks.constructs.model_registry import ROLE_PROPERTY, ModelRegistry
 from stacks.constructs.python_function import PythonFunction
 from stacks.constructs.source_archive import SourceArchive
 from stacks.constructs.workflow import SNS_SUBJECT_MAX, failed_executions_alarm, jsonata, workflow_log_group
-
-PIPELINE_FAILED_ALARM = "model-pipeline-failed"  # Rag<Stage>-model-pipeline-failed (README, Operations)
 from stacks.storage_stack import ARTIFACT_PREFIXES, StorageStack
 
+PIPELINE_FAILED_ALARM = "model-pipeline-failed"  # Rag<Stage>-model-pipeline-failed (README, Operations)
 ROOT = Path(__file__).resolve().parents[2]
 TRAINING_CODE = ROOT / "model_artifacts" / "training"
 HYPERPARAMETER_SPEC = TRAINING_CODE / "hyperparameters.json"

@@ -72,10 +72,10 @@ def parameter_ids(stage: StageConfig) -> list[str]:
     return [PARAMETER_IDS[role] for role in served_roles(stage)] + [POWER_PARAMETER_ID]
 
 
-
 def generator_alarm(variant: str, what: str = "") -> str:
     """`generator-finetuned-5xx`: an endpoint variant's alarm name within the stage (`*`: all of them)."""
     return f"generator-{variant}-{what}" if what else f"generator-{variant}"
+
 
 class GeneratorEndpoint(Construct):
     """Models, endpoint config, endpoint, per-variant scaling and alarms, all conditional on the record.

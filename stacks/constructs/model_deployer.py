@@ -51,10 +51,10 @@ from stacks.constructs.lifecycle import removal_policy
 from stacks.constructs.model_registry import ROLE_PROPERTY, ModelRegistry
 from stacks.constructs.serving_record import ServingRecord
 from stacks.constructs.workflow import SNS_SUBJECT_MAX, cloudformation_execution_role_arn, failed_executions_alarm, jsonata, workflow_log_group
+from stacks.storage_stack import ARTIFACT_PREFIXES
 
 DEPLOYER_FAILED_ALARM = "model-deployer-failed"  # Rag<Stage>-model-deployer-failed (README, Operations)
 APPROVAL_UNDELIVERED_ALARM = "model-approval-undelivered"  # Rag<Stage>-model-approval-undelivered (README, Operations)
-from stacks.storage_stack import ARTIFACT_PREFIXES
 
 record = serving_contract.model_record
 STACK_POLL_SECONDS = 30
