@@ -5,6 +5,7 @@ and the cache's TTL at its boundary. Every AWS call goes through botocore's Stub
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -235,3 +236,26 @@ def test_a_configured_default_that_is_not_available_is_503_and_health_says_none(
     status, body, _ = call({"question": Q, "mode": "prompt"})  # cached reading: no second DescribeEndpoint
     stubs.verify()
     assert status == 503 and "switched off" in body["message"]
+
+
+def test_every_how_to_command_in_a_503_is_one_the_operator_scripts_accept():
+    """The 503 messages name real commands: each parses with its script's own argument parser."""
+    import importlib.util
+    import shlex
+
+    from query.aws_backend import HOW_TO_DEPLOY, POWER_ON_COMMAND
+
+    root = Path(__file__).resolve().parents[1]
+    commands = [POWER_ON_COMMAND.format(stage="dev"), *(text.format(stage="dev") for text in HOW_TO_DEPLOY.values())]
+    checked = 0
+    for text in commands:
+        words = shlex.split(text.replace("<training data prefix>/", "datasets/v1/"))
+        start = next(i for i, word in enumerate(words) if word.startswith("scripts/"))
+        end = next((i for i, word in enumerate(words[start:], start) if word.startswith("(")), len(words))
+        script, argv = root / words[start], words[start + 1:end]
+        spec = importlib.util.spec_from_file_location(f"how_to_{script.stem}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.parser().parse_args(argv)  # SystemExit (exit 2) if the command drifted from the script
+        checked += 1
+    assert checked == 3

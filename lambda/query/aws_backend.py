@@ -318,8 +318,8 @@ class EndpointGenerator:
 HOW_TO_DEPLOY = {
     "finetuned": "start a fine-tuning run with scripts/start_training.py --stage {stage} --data <training data prefix>/ "
                  "(the pipeline deploys the new version when training.auto_deploy is on, or once you approve it)",
-    "base": "compile the base model for Inferentia2 with a compile-only run of scripts/start_training.py --stage {stage} "
-            "(see the README's model lifecycle section)",
+    "base": "compile the base model for Inferentia2 with scripts/start_training.py --stage {stage} --compile-only "
+            "(it registers and deploys it as the base version)",
 }
 POWER_ON_COMMAND = "scripts/endpoint_power.py --stage {stage} on"
 
