@@ -26,6 +26,7 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
 import pricing
+from stacks import serving_contract
 from stacks.config import StageConfig
 from stacks.constructs.alarms import alarm_name, alarm_name_pattern, alarm_topic_name
 from stacks.knowledge_base_stack import DEAD_LETTERS_ALARM, INGESTION_NAMESPACE, INGEST_SERVICE, ingest_function_name
@@ -38,11 +39,6 @@ QUERY_DIMENSIONS = "{%s,generator,mode,service}" % METRICS_NAMESPACE
 INGESTION_JOB_METRICS = ("IngestionJobsStarted", "IngestionJobsCompleted", "IngestionJobRetries", "IngestionJobsFailed",
                          "IngestionSyncsDeferred")
 INGESTION_DOCUMENT_METRICS = ("IngestionDocumentsIndexed", "IngestionDocumentsDeleted", "IngestionDocumentsFailed")
-
-
-def endpoint_name_for(stage: StageConfig) -> str:
-    """`ragdev-generator`: the stage's one endpoint (Contract 3)."""
-    return f"{stage.stack_prefix.lower()}-generator"
 
 
 def dashboard_name(stage: StageConfig) -> str:
@@ -214,13 +210,13 @@ class StageDashboard(Construct):
 
     def _endpoint(self) -> None:
         schema = "{AWS/SageMaker,EndpointName,VariantName}"
-        endpoint = f'EndpointName="{endpoint_name_for(self.stage)}"'
+        endpoint = f'EndpointName="{serving_contract.endpoint_name(self.stage)}"'
 
         def by_variant(name: str, statistic: str) -> cloudwatch.SearchExpression:
             return self._search_expression(schema, f'{endpoint} MetricName="{name}"', statistic, label=f"{name} ")
 
         self.dashboard.add_widgets(
-            self._graph(f"Endpoint {endpoint_name_for(self.stage)}: invocations by variant", [by_variant("Invocations", "Sum")]),
+            self._graph(f"Endpoint {serving_contract.endpoint_name(self.stage)}: invocations by variant", [by_variant("Invocations", "Sum")]),
             self._graph("Model latency p90 by variant (microseconds)", [by_variant("ModelLatency", "p90")]),
             self._graph("Endpoint errors by variant", [by_variant("Invocation5XXErrors", "Sum"), by_variant("Invocation4XXErrors", "Sum")]),
         )

@@ -40,7 +40,7 @@ from pathlib import Path
 import aws_cdk as cdk
 from constructs import Construct
 
-from stacks.config import INF2_NEURON_CORES, InferenceConfig
+from stacks.config import INF2_NEURON_CORES, InferenceConfig, StageConfig
 
 # Where SageMaker puts the model data inside the container (S3Prefix data is copied here as is).
 MODEL_DIR = "/opt/ml/model"
@@ -124,6 +124,11 @@ class UnsupportedRegionError(ValueError):
             f"{region!r}; supported regions: {', '.join(supported_regions())} "
             "(set the stage's region to one of them, or disable inference for the stage)"
         )
+
+
+def endpoint_name(stage: StageConfig) -> str:
+    """`ragdev-generator`: the stage's one endpoint (Contract 3), whether or not it exists yet."""
+    return f"{stage.stack_prefix.lower()}-generator"
 
 
 def supported_regions() -> tuple[str, ...]:

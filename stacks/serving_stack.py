@@ -73,12 +73,10 @@ ACCESS_LOG_FORMAT = {
 
 def endpoint_name(stage: StageConfig) -> str | None:
     """The stage's endpoint name (Contract 3), whether or not the endpoint exists; None without inference."""
-    return f"{stage.stack_prefix.lower()}-generator" if stage.inference.enabled else None
+    return serving_contract.endpoint_name(stage) if stage.inference.enabled else None
 
 
-def power_parameter(stage_name: str) -> str:
-    """The endpoint's power parameter (Contract 3; equal to lambda/shared/model_record.power_parameter, tested)."""
-    return f"/rag/{stage_name}/serving/endpoint"
+power_parameter = serving_contract.model_record.power_parameter  # the endpoint's power switch (Contract 3)
 
 
 def unreserved_concurrency_reason(serving: ServingConfig) -> str | None:
@@ -238,7 +236,7 @@ class ServingStack(cdk.Stack):
                 serving_contract.LAMBDA_ENV_ENDPOINT_NAME: endpoint,
                 serving_contract.LAMBDA_ENV_SERVED_MODEL_NAME: serving_contract.SERVED_MODEL_NAME,
                 serving_contract.LAMBDA_ENV_SEQUENCE_LENGTH: str(stage.inference.sequence_length),
-                "SERVE_BASE": "true" if getattr(stage.inference, "serve_base", True) else "false",
+                "SERVE_BASE": "true" if stage.inference.serve_base else "false",
                 "ENDPOINT_POWER_PARAMETER": power_parameter(stage.name),
             })
         return environment

@@ -11,7 +11,8 @@ from aws_cdk.assertions import Match, Template
 
 import pricing
 from stacks.config import MonitoringConfig, StageConfig
-from stacks.monitoring_stack import MonitoringStack, always_on_costs, cost_markdown, endpoint_name_for
+from stacks.monitoring_stack import MonitoringStack, always_on_costs, cost_markdown
+from stacks.serving_contract import endpoint_name as endpoint_name_for
 
 STAGES = ("dev", "prod")
 PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": "123456789012", "AWS::URLSuffix": "amazonaws.com"}

@@ -104,7 +104,7 @@ class GeneratorEndpoint(Construct):
         self.stage = stage
         self.contract = contract
         self.roles = served_roles(stage)
-        self.endpoint_name = f"{stage.stack_prefix.lower()}-generator"
+        self.endpoint_name = serving_contract.endpoint_name(stage)
         serving_contract.check_config_name_length(self.endpoint_name)
         self.endpoint_arn = stack.format_arn(service="sagemaker", resource="endpoint", resource_name=self.endpoint_name)
 
