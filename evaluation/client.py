@@ -1,4 +1,4 @@
-"""HTTP client for a query API (Contract 4): `GET <base>health`, `POST <base>query`.
+"""HTTP client for a query API (README, "Asking questions"): `GET <base>health`, `POST <base>query`.
 
 - One keep-alive connection per worker thread (no new TCP/TLS handshake per question).
 - 429 and 503 are retried after the response's `Retry-After` (seconds or an HTTP date), or an

@@ -1,4 +1,4 @@
-"""Cost per query (variable) and the target's fixed cost per hour, from `pricing/` (Contract 5) only.
+"""Cost per query (variable) and the target's fixed cost per hour, from `pricing/prices.json` only.
 
 Variable cost of one query on a deployed stage: API Gateway request + Lambda request and
 GB-seconds (arm64, the function's memory, the answer's server time) + the question's embedding

@@ -2,7 +2,7 @@
 
 Matrix: mode `prompt` x generator, mode `rag` x retriever (`kb`, `opensearch`) x generator, mode `kb`
 (Bedrock's RetrieveAndGenerate: generator `bedrock`). Generators come from the target's
-`GET /v1/health` (`generators`, Contract 4): unavailable ones are skipped with the target's reason.
+`GET /v1/health` (its `generators` field): unavailable ones are skipped with the target's reason.
 Modes and retrievers the health's optional `modes` / `retrievers` lists leave out are skipped; a
 configuration the target turns down with a 400 naming `mode`, `retriever` or `generator` (e.g.
 mode `kb` on a target that does not say) is skipped as a whole after its first answer.

@@ -1,4 +1,4 @@
-"""A stand-in query API (Contract 4) on 127.0.0.1, for the harness's tests and its overhead benchmark.
+"""A stand-in query API (README, "Asking questions") on 127.0.0.1, for the harness's tests and its overhead benchmark.
 
 Not a model: it retrieves by shared terms over a corpus folder and answers with the best
 sentence of the best document, or with a scripted answer per question (tests that compute the

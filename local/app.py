@@ -29,7 +29,7 @@ from .store import Hit, Index
 DEFAULT_DOCUMENTS = ROOT / "model_artifacts" / "sample_documents"
 DEFAULT_CACHE = ROOT / ".local-cache"
 DEFAULT_PORT = 8787
-LOCAL_GENERATORS = ("extractive", "llm", "bedrock")  # auto's preference order (Contract 4)
+LOCAL_GENERATORS = ("extractive", "llm", "bedrock")  # auto's preference order
 
 
 class LocalConfigError(ValueError):

@@ -1,6 +1,6 @@
 """Local mode's generators, in `auto`'s preference order: extractive, llm, bedrock.
 
-Each follows Contract 4's Generator protocol (`status()`, `generate(prompt, *, question,
+Each follows the query handler's Generator protocol (`status()`, `generate(prompt, *, question,
 passages, max_tokens, temperature)`) and says, when it cannot answer, what is missing and how to
 get it; the query service turns that into a 503.
 

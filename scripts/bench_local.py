@@ -10,7 +10,7 @@
 Datasets (SQuAD v1.1 format, `../shared/datasets/`, CC BY-SA 4.0, see its README for attribution):
 every paragraph becomes one document of a fresh corpus folder (JSQuAD's "<title> [SEP] " prefix
 becomes a Markdown title), and every question's gold document is its paragraph. The shipped eval
-set (Contract 6: JSON Lines with id, question, answers, sources, optional filters, tags, lang,
+set (model_artifacts/eval/README.md: JSON Lines with id, question, answers, sources, optional filters, tags, lang,
 under model_artifacts/eval/) is read with its own corpus (model_artifacts/sample_documents/);
 its test part (id-hash split, as `evaluation/shipped.py` defines it) is the default.
 
@@ -202,7 +202,7 @@ def datasets_from(args, work: Path) -> list[Dataset]:
         if name == "eval":
             files = [args.eval_set] if args.eval_set else sorted(EVAL_DIR.glob("*.jsonl")) if EVAL_DIR.is_dir() else []
             if not files:
-                print("eval: no eval set under model_artifacts/eval/ yet (branch eval writes it): skipped", file=sys.stderr)
+                print("eval: no eval set under model_artifacts/eval/ yet: skipped", file=sys.stderr)
             for path in files:
                 corpus = args.corpus or SAMPLE_CORPUS
                 split = args.split or ("test" if path.parent == EVAL_DIR or path.name == "osfc.jsonl" else "all")
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", nargs="?", choices=("retrieval", "stores"), default="retrieval")
     parser.add_argument("--datasets", default="xquad,jsquad,eval", help="comma-separated: xquad, jsquad, jsquad-test, eval")
-    parser.add_argument("--eval-set", type=Path, help="an eval set (JSON Lines, Contract 6) instead of model_artifacts/eval/*.jsonl")
+    parser.add_argument("--eval-set", type=Path, help="an eval set (JSON Lines, model_artifacts/eval/README.md) instead of model_artifacts/eval/*.jsonl")
     parser.add_argument("--corpus", type=Path, help="the eval set's corpus folder (default: model_artifacts/sample_documents)")
     parser.add_argument("--split", choices=("test", "train", "all"), help="eval set part (default: test for the shipped set)")
     parser.add_argument("--questions", type=int, help="a seeded sample of this many questions per dataset (default: all)")

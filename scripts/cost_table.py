@@ -3,7 +3,7 @@
     python scripts/cost_table.py            # print the table
     python scripts/cost_table.py --write    # rewrite it in README.md (between the markers)
 
-Prices come from `pricing/` (Contract 5: on-demand list prices with the date they were checked),
+Prices come from `pricing/` (on-demand list prices with the date they were checked),
 sizes from the stages in cdk.json. A test compares README.md with this output, so a price or a
 config change that is not regenerated fails the suite instead of going stale silently.
 

@@ -36,7 +36,7 @@ LOG_RETENTION_DAYS = {
     545: "EIGHTEEN_MONTHS", 731: "TWO_YEARS", 1096: "THREE_YEARS", 1827: "FIVE_YEARS", 3653: "TEN_YEARS",
 }
 STAGE_NAME_PATTERN = r"^[a-z][a-z0-9]{1,15}$"
-# serving.default_generator: `auto` or a deployed stage's generator (Contract 4).
+# serving.default_generator: `auto` or a deployed stage's generator (lambda/query/settings.py).
 SERVING_GENERATOR_CHOICES = ("auto", "bedrock", "base", "finetuned")
 # Bedrock's rule for VectorIndexName (CloudFormation OpenSearchManagedClusterConfiguration).
 INDEX_NAME_PATTERN = r"^(?![\-_+.])[a-z0-9][a-z0-9\-_\.]*$"
@@ -108,7 +108,7 @@ class SearchConfig:
     text_field: str = "text"
     metadata_field: str = "metadata"
     # Metadata attributes (from `<doc>.metadata.json`) that queries filter on: mapped as `keyword`.
-    # `collection` separates the shipped evaluation documents from real ones (Contract 6).
+    # `collection` separates the shipped evaluation documents from real ones (model_artifacts/eval/README.md).
     filterable_fields: tuple[str, ...] = ("category", "collection")
     search_pipeline_name: str = "rag-hybrid"
     # Hybrid queries: weight of the k-NN sub-query; BM25 gets 1 - this (the pipeline's weights).

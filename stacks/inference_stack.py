@@ -2,7 +2,7 @@
 
 Stateless: everything here can be destroyed and redeployed (the models live in the storage
 stack's artifacts bucket, the serving record in SSM). Which version each variant serves is not in
-this template: it is the serving record (Contract 3, `lambda/shared/model_record.py`), resolved by
+this template: it is the serving record (`lambda/shared/model_record.py`), resolved by
 CloudFormation at deploy time (`stacks/constructs/generator_endpoint.py`). The record's parameters
 are created by the Training stack, which deploys first; the model deployer there writes the record
 and then asks CloudFormation to update this stack. A `cdk deploy` from an unchanged checkout

@@ -34,7 +34,7 @@ from stacks.search_stack import domain_name_for
 from stacks.constructs.serving_alarms import API_STAGE_NAME, METRICS_NAMESPACE, api_name, query_function_name
 
 PERIOD = cdk.Duration.minutes(5)
-# The query function's metrics carry these dimensions (Contract 7).
+# The query function's metrics carry these dimensions (lambda/query/handler.py).
 QUERY_DIMENSIONS = "{%s,generator,mode,service}" % METRICS_NAMESPACE
 INGESTION_JOB_METRICS = ("IngestionJobsStarted", "IngestionJobsCompleted", "IngestionJobRetries", "IngestionJobsFailed",
                          "IngestionSyncsDeferred")

@@ -71,7 +71,7 @@ def _shared_module(name: str):
     return sys.modules[qualified]
 
 
-# The serving record (Contract 3): which version each role serves, in SSM; the same module the
+# The serving record: which version each role serves, in SSM; the same module the
 # query Lambda and the operator scripts use.
 model_record = _shared_module("model_record")
 ROLES: tuple[str, ...] = tuple(model_record.ROLES)
@@ -127,7 +127,7 @@ class UnsupportedRegionError(ValueError):
 
 
 def endpoint_name(stage: StageConfig) -> str:
-    """`ragdev-generator`: the stage's one endpoint (Contract 3), whether or not it exists yet."""
+    """`ragdev-generator`: the stage's one endpoint, whether or not it exists yet."""
     return f"{stage.stack_prefix.lower()}-generator"
 
 
@@ -223,7 +223,7 @@ def neuron_export_arguments(inference: InferenceConfig) -> list[str]:
     ]
 
 
-# Contract 3: `<endpoint>-b<base version|0>-f<finetuned version|0>-<8 hex>`; at most 63 characters.
+# The endpoint config's name: `<endpoint>-b<base version|0>-f<finetuned version|0>-<8 hex>`; at most 63 characters.
 CONFIG_NAME_DIGEST_LENGTH = 8
 MAX_VERSION_DIGITS = 9  # model_record's version pattern
 

@@ -48,7 +48,7 @@ from stacks.storage_stack import StorageStack
 
 # API Gateway's default (and, without a quota increase, maximum) REST integration timeout.
 INTEGRATION_TIMEOUT_S = 29
-# The request field `generator` on a deployed stage (Contract 4; `auto` is only a config value).
+# The request field `generator` on a deployed stage (`auto` is only a config value).
 REQUEST_GENERATORS = [name for name in SERVING_GENERATOR_CHOICES if name != "auto"]
 
 ACCESS_LOG_FORMAT = {
@@ -72,11 +72,11 @@ ACCESS_LOG_FORMAT = {
 
 
 def endpoint_name(stage: StageConfig) -> str | None:
-    """The stage's endpoint name (Contract 3), whether or not the endpoint exists; None without inference."""
+    """The stage's endpoint name, whether or not the endpoint exists; None without inference."""
     return serving_contract.endpoint_name(stage) if stage.inference.enabled else None
 
 
-power_parameter = serving_contract.model_record.power_parameter  # the endpoint's power switch (Contract 3)
+power_parameter = serving_contract.model_record.power_parameter  # the endpoint's power switch
 
 
 def unreserved_concurrency_reason(serving: ServingConfig) -> str | None:

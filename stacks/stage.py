@@ -1,6 +1,6 @@
 """One stage = the stacks named `Rag<Stage>-<Part>`, wired together through typed objects.
 
-Deploy order (Contract 1), made explicit: each stack depends on the one before it, so `cdk deploy
+Deploy order, made explicit: each stack depends on the one before it, so `cdk deploy
 --all` always runs them in this order, also where no reference implies it (the alarm topic and
 the knowledge base id are found by name, not by export):
 

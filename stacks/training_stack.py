@@ -6,7 +6,7 @@
     ModelDeployer     writes the record and has CloudFormation apply it (approval rule included)
     EndpointSchedule  switches the endpoint on/off on a schedule (when configured)
 
-This stack deploys BEFORE Inference (Contract 1): the record must exist when Inference first
+This stack deploys BEFORE Inference (stacks/stage.py): the record must exist when Inference first
 resolves it, and the deployer addresses the Inference stack by name, not by reference.
 """
 

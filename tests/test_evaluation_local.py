@@ -1,4 +1,4 @@
-"""The evaluation harness against the real local mode (branch local): the query handler's own code
+"""The evaluation harness against the real local mode: the query handler's own code
 on a free port of 127.0.0.1 over the shipped corpus. Skipped where local mode is not installed."""
 
 from __future__ import annotations

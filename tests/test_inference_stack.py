@@ -133,7 +133,7 @@ def test_base_and_finetuned_side_by_side_each_scaled_and_alarmed_on_its_own(synt
     assert len(policies) == 2
     alarms = [a["Properties"] for a in of_type(resources, "AWS::CloudWatch::Alarm").values()]
     assert sorted(a["AlarmName"] for a in alarms) == sorted(f"Rag{stage.capitalize()}-generator-{v}-{k}" for v in ("base", "finetuned") for k in ("5xx", "p90-latency"))
-    assert all(a["AlarmActions"] and a["OKActions"] for a in alarms)  # Contract 2
+    assert all(a["AlarmActions"] and a["OKActions"] for a in alarms)  # every alarm reaches the stage's topic
     endpoint = one(resources, "AWS::SageMaker::Endpoint")
     assert endpoint["EndpointName"] == f"rag{stage}-generator" and endpoint["RetainAllVariantProperties"] is True
     rollback = endpoint["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"]

@@ -247,7 +247,7 @@ def test_first_sync_after_deploy_goes_through_the_ingestion_queue(synth, stage, 
 def test_sample_documents_carry_only_filterable_metadata(synth):
     documents = sorted(p for p in SAMPLES.glob("*.md") if p.name != "README.md")
     assert len(documents) >= 3
-    # Contract 6: `collection` (the evaluation's filter) becomes filterable by default on branch ops.
+    # `collection` (the evaluation's filter) is filterable by default.
     filterable = set(synth.config.stages["dev"].search.filterable_fields) | {"collection"}
     for document in documents:
         sidecar = document.with_name(document.name + ".metadata.json")

@@ -301,7 +301,7 @@ def test_an_unreadable_document_is_reported_and_the_rest_indexed(corpus, tmp_pat
 
 def test_sample_corpus_questions_retrieve_their_document():
     index, embedder = sample_index(), real_embedder()
-    # Contract 6: any corpus must work; these documents ship with the repository today.
+    # Any corpus must work; these documents ship with the repository today.
     for question, expected in [
         ("How long are deleted documents kept?", "document-lifecycle.md"),
         ("How do I roll back a model?", "model-serving.md"),

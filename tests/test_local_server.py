@@ -2,7 +2,7 @@
 
 One server per module, over the shipped sample corpus (the index is built once per run, see
 tests/local_support.py). Questions are real; the checks hold for any corpus that still contains
-the documents they name (Contract 6), and one check derives its question from the corpus itself.
+the documents they name (model_artifacts/eval/README.md), and one check derives its question from the corpus itself.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def test_events_look_like_api_gateway_proxy_events():
 def test_ask_script_works_against_the_local_server_without_signing(server, mode):
     _require(mode, "document-lifecycle.md")
     env = {key: value for key, value in __import__("os").environ.items() if not key.startswith("AWS_")}
-    # ask.py may still sign every request (before branch harden's change): give it throwaway keys,
+    # ask.py may still sign every request (older versions did): give it throwaway keys,
     # which the local server ignores; after that change it sends local URLs unsigned.
     env.update(AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
     result = subprocess.run(

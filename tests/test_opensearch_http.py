@@ -1,4 +1,4 @@
-"""Contract 8: every way of getting no HTTP answer from the domain becomes one of two errors.
+"""shared.opensearch_http: every way of getting no HTTP answer from the domain becomes one of two errors.
 
 Each failure is real: a local TCP or TLS peer on 127.0.0.1 that refuses, resets, hangs, speaks
 garbage or cuts its answer short, and urllib3 reports it as it would in the Lambda.

@@ -113,7 +113,7 @@ def templates(synth) -> dict[str, dict]:
 
 
 def topic_of(action) -> str | None:
-    """The topic name an alarm action addresses (built from the name, Contract 2)."""
+    """The topic name an alarm action addresses (built from the name, stacks/constructs/serving_alarms.py)."""
     if isinstance(action, dict) and "Fn::Join" in action:
         parts = action["Fn::Join"][1]
         last = parts[-1] if isinstance(parts[-1], str) else ""

@@ -1,4 +1,4 @@
-"""Contract 4's Python interface: the handler on any Backend (as local mode uses it), generator
+"""The query API's Python interface: the handler on any Backend (as local mode uses it), generator
 choice, 400/503 for unknown/unavailable generators, mode kb without managed RAG, /health."""
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def test_local_settings_have_the_configs_defaults():
     local_settings, config = Settings.local(), ServingConfig()
     shared = ("max_question_chars", "default_top_k", "max_top_k", "default_retriever", "max_new_tokens", "temperature")
     assert {name: getattr(local_settings, name) for name in shared} == {name: getattr(config, name) for name in shared}
-    assert local_settings.filterable_fields == ("category", "collection")  # Contract 6's default fields
+    assert local_settings.filterable_fields == ("category", "collection")  # the eval set's default filter fields
     assert local_settings.region is None and local_settings.knowledge_base_id is None
 
 

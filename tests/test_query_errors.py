@@ -222,7 +222,7 @@ def test_converse_without_text_is_502(wired):
 
 
 class OpenSearchTransportError(Exception):
-    """Stand-ins with the class names of Contract 8 (shared.opensearch_http, branch harden): the
+    """Stand-ins with the class names of shared.opensearch_http: the
     mapping recognises them by name, so it holds whichever module defines them."""
 
 

@@ -1,4 +1,4 @@
-"""Contract 7: one EMF record per request, every metric with
+"""The query function's metrics: one EMF record per request, every metric with
 the dimensions service, mode and generator; stage latencies only when the stage ran; token
 counts only when known; client and server errors counted apart."""
 

@@ -253,7 +253,7 @@ def test_endpoint_config_definition_has_one_variant_per_role():
             "ContainerStartupHealthCheckTimeoutInSeconds": 1800, "VolumeSizeInGB": 64} for role in ("base", "finetuned")],
         "KmsKeyId": "arn:aws:kms:us-east-1:111122223333:key/k",
     }
-    assert contract.VARIANT_NAMES == {"base": "base", "finetuned": "finetuned"}  # Contract 3; autoscaling is registered per name
+    assert contract.VARIANT_NAMES == {"base": "base", "finetuned": "finetuned"}  # autoscaling is registered per name
     assert contract.INFERENCE_AMI_VERSION is None
 
 

@@ -98,7 +98,7 @@ def test_stage_is_throttled_traced_and_access_logged(serving):
 def test_function_settings_come_from_config(serving):
     stage, template = serving
     props = _one(template, "AWS::Lambda::Function")["Properties"]
-    assert props["FunctionName"] == f"{stage.stack_prefix}-query"  # Contract 7
+    assert props["FunctionName"] == f"{stage.stack_prefix}-query"  # the name the dashboard and alarms address
     assert props["Runtime"] == RUNTIME.name and props["Handler"] == "query.handler.main"
     assert props["Timeout"] == stage.serving.lambda_timeout_s < INTEGRATION_TIMEOUT_S
     assert props["MemorySize"] == stage.serving.memory_size_mb

@@ -494,7 +494,7 @@ def test_huge_error_bodies_are_cut_in_the_message(pool):
     assert len(str(error.value)) < 500
 
 
-# --- Update: additive mapping changes (Contract 6) and conflicts ---
+# --- Update: additive mapping changes and conflicts ---
 
 
 def test_update_adds_a_new_filterable_field_as_keyword_only(pool):

@@ -19,7 +19,7 @@ from shared import api, aws_clients, observability
 from . import prompts, request as query_request, service
 from .settings import Settings
 
-# Contract 7: the `service` dimension of every metric, and the value of an unknown dimension.
+# Metrics: the `service` dimension of every metric, and the value of an unknown dimension.
 METRICS_SERVICE = "query"
 NONE = "none"
 
@@ -86,7 +86,7 @@ def _failure(error: Exception, request_id: str, started: float, fields: dict, ob
 
 
 def _record(status: int, started: float, fields: dict, observed: dict, *, usage: dict | None = None, log: bool = True) -> None:
-    """Contract 7: one EMF record per request, dimensions service / mode / generator on every metric."""
+    """One EMF record per request, dimensions service / mode / generator on every metric."""
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     metrics = observability.metrics()
     metrics.add_dimension(name="service", value=METRICS_SERVICE)

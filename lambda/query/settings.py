@@ -20,7 +20,7 @@ from typing import Mapping, Optional
 RETRIEVERS = ("kb", "opensearch")
 MODES = ("rag", "kb", "prompt")
 AUTO = "auto"
-# A deployed stage's generators, in `auto`'s preference order (Contract 4).
+# A deployed stage's generators, in `auto`'s preference order.
 DEPLOYED_GENERATORS = ("finetuned", "base", "bedrock")
 ENDPOINT_GENERATORS = ("finetuned", "base")  # the roles of the stage's Inferentia2 endpoint
 

@@ -25,7 +25,7 @@ from aws_lambda_powertools import Logger
 from shared import aws_clients
 
 logger = Logger()
-DESCRIPTION = "Serving record (Contract 3): written by the model deployer, resolved by the Inference stack"
+DESCRIPTION = "Serving record: written by the model deployer, resolved by the Inference stack"
 RESPONSE_TIMEOUT_S = 10
 
 

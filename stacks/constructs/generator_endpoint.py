@@ -1,4 +1,4 @@
-"""The stage's Inferentia2 endpoint, shaped at deploy time by the serving record (Contract 3).
+"""The stage's Inferentia2 endpoint, shaped at deploy time by the serving record (lambda/shared/model_record.py).
 
 Three CloudFormation parameters of type `AWS::SSM::Parameter::Value<String>` resolve the record on
 every create and update of the stack (CloudFormation reads Parameter Store again each time, also

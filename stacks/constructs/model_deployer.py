@@ -5,7 +5,7 @@ Every path that changes what serves starts this state machine: an approval in th
 deliver lands in a dead-letter queue and fires an alarm), the pipeline with auto-deploy
 (it registers the version as Approved, which fires the same rule), `scripts/rollback_model.py`,
 `scripts/endpoint_power.py` and the power schedule. It never calls UpdateEndpoint: it writes the
-serving record (SSM, Contract 3) and has CloudFormation apply it:
+serving record (SSM, lambda/shared/model_record.py) and has CloudFormation apply it:
 
     Start -> ReadRecord (ssm:GetParameters) -> Route
       deploy: DescribePackage -> CheckPackage (approved? this registry? a role this stage serves?

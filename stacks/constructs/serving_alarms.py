@@ -13,7 +13,7 @@ from stacks.config import StageConfig
 from stacks.constructs.alarms import ALARM_PERIOD, alarm_name, stage_alarm
 
 API_STAGE_NAME = "v1"
-METRICS_NAMESPACE = "RagServing"  # the query function's metrics (Contract 7)
+METRICS_NAMESPACE = "RagServing"  # the query function's metrics (lambda/query/handler.py)
 API_5XX_ALARM = "api-5xx"
 API_LATENCY_ALARM = "api-latency"
 QUERY_ERRORS_ALARM = "query-errors"
@@ -21,7 +21,7 @@ QUERY_THROTTLES_ALARM = "query-throttles"
 
 
 def query_function_name(stage: StageConfig) -> str:
-    """`RagDev-query` (Contract 7): the dashboard and alarms address the function by this name."""
+    """`RagDev-query`: the dashboard and alarms address the function by this name."""
     return f"{stage.stack_prefix}-query"
 
 

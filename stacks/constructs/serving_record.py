@@ -1,4 +1,4 @@
-"""The serving record's SSM parameters (Contract 3), created before the Inference stack's first deploy.
+"""The serving record's SSM parameters (lambda/shared/model_record.py), created before the Inference stack's first deploy.
 
 A custom resource (lambda/serving_record) creates each parameter only if it is missing: `none`
 for both roles and `on` for the power, so the first deploy of Inference resolves a record with no
