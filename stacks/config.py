@@ -52,7 +52,7 @@ class ConfigError(ValueError):
         super().__init__(f"invalid config {key}={value!r}: {allowed}")
 
     def under(self, prefix: str) -> "ConfigError":
-        return ConfigError(f"{prefix}.{self.key}" if self.key else prefix, self.value, self.allowed)
+        return ConfigError(f"{prefix}.{self.key}", self.value, self.allowed)
 
 
 def _one_of(obj: Any, name: str, allowed) -> None:
@@ -168,8 +168,9 @@ class KnowledgeBaseConfig:
         _one_of(self, "chunking_strategy", ("FIXED_SIZE", "HIERARCHICAL", "SEMANTIC", "NONE"))
         _in_range(self, "chunk_max_tokens", 20, 8192)
         _in_range(self, "chunk_overlap_percentage", 1, 99)
-        _in_range(self, "hierarchical_parent_max_tokens", self.chunk_max_tokens + 1, 8192)
-        _in_range(self, "hierarchical_overlap_tokens", 1, self.chunk_max_tokens - 1)
+        if self.chunking_strategy == "HIERARCHICAL":  # only there do parent, child and overlap bound each other
+            _in_range(self, "hierarchical_parent_max_tokens", self.chunk_max_tokens + 1, 8192)
+            _in_range(self, "hierarchical_overlap_tokens", 1, self.chunk_max_tokens - 1)
         _in_range(self, "semantic_breakpoint_percentile", 50, 99)
         _in_range(self, "semantic_buffer_size", 0, 1)
         _in_range(self, "ingestion_batch_window_s", 0, 300)

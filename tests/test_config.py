@@ -116,3 +116,196 @@ def test_spot_wait_leaves_room_for_one_full_restart_at_the_boundary(runtime, wai
         with pytest.raises(ConfigError, match="max_wait_hours"):
             load(stages)
     load({"dev": {"training": {"use_spot": False, "max_runtime_hours": runtime, "max_wait_hours": 1}}})  # on demand: not used
+
+
+# --- every documented range, at both ends (README's configuration reference is the oracle) ---------
+
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from stacks.config import ServingConfig, inf2_min_tensor_parallel  # noqa: E402
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text().split("## Configuration reference", 1)[1]
+DOCUMENTED_RANGES = [(key, int(low), int(high)) for key, low, high in
+                     re.findall(r"^\| `([a-z_]+\.[a-z0-9_]+)` \|[^|\n]*\|[^|\n]*?, (\d+)\.\.(\d+)(?![\w.`])[^|\n]*\|$", README, flags=re.M)]
+# What else a stage needs for a value at a documented limit to be valid on its own.
+AROUND = {
+    "serving.max_new_tokens": {"inference": {"sequence_length": 32768}},
+    "inference.sequence_length": {"serving": {"max_new_tokens": 1}},
+    "serving.max_top_k": {"serving": {"default_top_k": 1}},
+    "inference.min_instances": {"inference": {"max_instances": 10}},
+}
+
+
+def with_value(key: str, value) -> dict:
+    section, name = key.split(".")
+    stage = {part: dict(values) for part, values in AROUND.get(key, {}).items()}
+    stage.setdefault(section, {})[name] = value
+    return {"dev": stage}
+
+
+def test_the_readme_documents_a_range_for_every_bounded_integer():
+    assert len(DOCUMENTED_RANGES) >= 37  # the others name the key that bounds them (tested below)
+    assert ("storage.abort_incomplete_upload_days", 1, 365) in DOCUMENTED_RANGES
+
+
+@pytest.mark.parametrize("key, low, high", DOCUMENTED_RANGES, ids=[key for key, _, _ in DOCUMENTED_RANGES])
+def test_every_documented_range_holds_at_both_ends(key, low, high):
+    section, name = key.split(".")
+    for value in (low, high):
+        assert getattr(getattr(load(with_value(key, value)).stages["dev"], section), name) == value
+    for value in (low - 1, high + 1):
+        with pytest.raises(ConfigError) as caught:
+            load(with_value(key, value))
+        assert caught.value.key == f"stages.dev.{key}" and str(caught.value).endswith(f": allowed: {low}..{high}")
+
+
+@pytest.mark.parametrize("key, bound, value, ok, allowed", [
+    ("knowledge_base.hierarchical_parent_max_tokens", {"chunk_max_tokens": 300}, 301, True, None),
+    ("knowledge_base.hierarchical_parent_max_tokens", {"chunk_max_tokens": 300}, 300, False, "301..8192"),
+    ("knowledge_base.hierarchical_parent_max_tokens", {"chunk_max_tokens": 300}, 8193, False, "301..8192"),
+    ("knowledge_base.hierarchical_overlap_tokens", {"chunk_max_tokens": 300}, 299, True, None),
+    ("knowledge_base.hierarchical_overlap_tokens", {"chunk_max_tokens": 300}, 300, False, "1..299"),
+    ("knowledge_base.hierarchical_overlap_tokens", {"chunk_max_tokens": 300}, 0, False, "1..299"),
+    ("inference.max_instances", {"min_instances": 3}, 3, True, None),
+    ("inference.max_instances", {"min_instances": 3}, 2, False, "3..10"),
+    ("serving.default_top_k", {"max_top_k": 7}, 7, True, None),
+    ("serving.default_top_k", {"max_top_k": 7}, 8, False, "1..7"),
+])
+def test_ranges_bounded_by_another_key_hold_at_that_keys_value(key, bound, value, ok, allowed):
+    section, name = key.split(".")
+    settings = {**bound, name: value, **({"chunking_strategy": "HIERARCHICAL"} if section == "knowledge_base" else {})}
+    if ok:
+        assert getattr(getattr(load({"dev": {section: settings}}).stages["dev"], section), name) == value
+    else:
+        with pytest.raises(ConfigError) as caught:
+            load({"dev": {section: settings}})
+        assert caught.value.key == f"stages.dev.{key}" and str(caught.value).endswith(f"allowed: {allowed}")
+
+
+@pytest.mark.parametrize("chunk_max_tokens", [20, 50, 2000, 8192])
+def test_hierarchical_sizes_do_not_bound_other_chunking_strategies(chunk_max_tokens):
+    """A fixed-size or semantic stage never uses the hierarchical sizes, so their defaults (parent
+    1500, overlap 60) must not refuse its chunk size (they did: 2000-token fixed chunks failed)."""
+    for strategy in ("FIXED_SIZE", "SEMANTIC", "NONE"):
+        kb = load({"dev": {"knowledge_base": {"chunking_strategy": strategy, "chunk_max_tokens": chunk_max_tokens}}}).stages["dev"].knowledge_base
+        assert kb.chunk_max_tokens == chunk_max_tokens
+
+
+@pytest.mark.parametrize("settings, key, allowed", [
+    ({"search": {"engine_version": "2.12"}}, "search.engine_version", "OpenSearch 2.13 or later"),
+    ({"search": {"engine_version": "1.30"}}, "search.engine_version", "OpenSearch 2.13 or later"),
+    ({"search": {"engine_version": "2.13.1"}}, "search.engine_version", "OpenSearch 2.13 or later"),
+    ({"search": {"engine_version": "v3.1"}}, "search.engine_version", "OpenSearch 2.13 or later"),
+    ({"search": {"data_node_instance_type": "r7g.large"}}, "search.data_node_instance_type", "an OpenSearch instance type like r7g.large.search"),
+    ({"search": {"dedicated_master_instance_type": "m7g.large"}}, "search.dedicated_master_instance_type", "an OpenSearch instance type"),
+    ({"search": {"dedicated_master_count": 2}}, "search.dedicated_master_count", "allowed: 0, 3, 5"),
+    ({"search": {"text_field": "embedding"}}, "search.vector_field", "vector, text and metadata fields must differ"),
+    ({"search": {"metadata_field": "text"}}, "search.vector_field", "vector, text and metadata fields must differ"),
+    ({"search": {"vector_field": "1vec"}}, "search.vector_field", "a field name"),
+    ({"search": {"search_pipeline_name": "rag hybrid"}}, "search.search_pipeline_name", "a field name"),
+    ({"search": {"filterable_fields": ["category", "text"]}}, "search.filterable_fields", "distinct from the vector, text and metadata fields"),
+    ({"search": {"filterable_fields": ["year!"]}}, "search.filterable_fields", "distinct from the vector, text and metadata fields"),
+    ({"search": {"hybrid_vector_weight": 0.0}}, "search.hybrid_vector_weight", "between 0 and 1, exclusive"),
+    ({"search": {"hybrid_vector_weight": 1.0}}, "search.hybrid_vector_weight", "between 0 and 1, exclusive"),
+    ({"search": {"log_retention_days": 31}}, "search.log_retention_days", "allowed: 1, 3, 5, 7, 14, 30"),
+    ({"knowledge_base": {"chunking_strategy": "fixed"}}, "knowledge_base.chunking_strategy", "allowed: FIXED_SIZE, HIERARCHICAL, SEMANTIC, NONE"),
+    ({"knowledge_base": {"embedding_model_id": "cohere.embed-english-v3"}}, "knowledge_base.embedding_model_id", "allowed: amazon.titan-embed-text-v2:0"),
+    ({"training": {"base_model_s3_prefix": "base-models/qwen3"}}, "training.base_model_s3_prefix", "an S3 prefix ending in '/'"),
+    ({"training": {"notification_email": "ops@example"}}, "training.notification_email", "an e-mail address"),
+    ({"training": {"log_retention_days": 100}}, "training.log_retention_days", "allowed: 1, 3"),
+    ({"inference": {"instance_type": "ml.inf2.24xlarge", "tensor_parallel_size": 24}}, "inference.tensor_parallel_size",
+     "one of 1, 2, 4, 8, 12, 24 and at most the 12 NeuronCores of ml.inf2.24xlarge"),
+    ({"inference": {"instance_type": "ml.inf2.24xlarge", "tensor_parallel_size": 3}}, "inference.tensor_parallel_size", "one of 1, 2, 4, 8, 12, 24"),
+    ({"inference": {"model_params_billions": 0.09}}, "inference.model_params_billions", "allowed: 0.1..500"),
+    ({"inference": {"model_params_billions": 501}}, "inference.model_params_billions", "allowed: 0.1..500"),
+    ({"inference": {"instance_type": "ml.inf2.8xlarge", "model_params_billions": 8, "tensor_parallel_size": 1}}, "inference.tensor_parallel_size",
+     "a 8B-parameter model (16 GB of bf16 weights) needs at least 2 NeuronCores (16 GB each, 70% of it for weights)"),
+    ({"inference": {"instance_type": "ml.inf2.48xlarge", "model_params_billions": 200, "tensor_parallel_size": 24}}, "inference.tensor_parallel_size",
+     "needs more NeuronCores than any inf2 instance has"),
+    ({"inference": {"model_params_billions": 5.4}}, "inference.instance_type",
+     "a 5.4B-parameter model needs about 16.2 GiB of host memory to load; ml.inf2.xlarge has 16 GiB"),
+    ({"inference": {"log_retention_days": 2}}, "inference.log_retention_days", "allowed: 1, 3"),
+    ({"inference": {"power_on_schedule": "cron(0 8 * * ? *)"}}, "inference.power_off_schedule", "set both power_on_schedule and power_off_schedule"),
+    ({"inference": {"power_off_schedule": "cron(0 8 * * ? *)"}}, "inference.power_on_schedule", "set both power_on_schedule and power_off_schedule"),
+    ({"inference": {"power_on_schedule": "rate(1 day)", "power_off_schedule": "cron(0 8 * * ? *)"}}, "inference.power_on_schedule", "an EventBridge Scheduler cron"),
+    ({"inference": {"power_on_schedule": "cron(0 8 * * ? *)", "power_off_schedule": "cron(0 20 * * ?)"}}, "inference.power_off_schedule", "an EventBridge Scheduler cron"),
+    ({"inference": {"schedule_timezone": "paris"}}, "inference.schedule_timezone", "an IANA time zone"),
+    ({"inference": {"enabled": False, "power_on_schedule": "cron(0 8 * * ? *)", "power_off_schedule": "cron(0 20 * * ? *)"}},
+     "inference.power_on_schedule", "none when inference.enabled is false"),
+    ({"serving": {"bedrock_model_id": "nova lite"}}, "serving.bedrock_model_id", "a Bedrock model id"),
+    ({"serving": {"default_retriever": "bm25"}}, "serving.default_retriever", "allowed: kb, opensearch"),
+    ({"serving": {"temperature": -0.01}}, "serving.temperature", "allowed: 0.0..1.0"),
+    ({"serving": {"log_retention_days": 4}}, "serving.log_retention_days", "allowed: 1, 3"),
+    ({"monitoring": {"alarm_email": "ops at example.com"}}, "monitoring.alarm_email", "an e-mail address"),
+    ({"region": "useast1"}, "region", "an AWS region like us-east-1"),
+])
+def test_each_rule_names_its_key_and_what_is_allowed(settings, key, allowed):
+    with pytest.raises(ConfigError) as caught:
+        load({"dev": settings})
+    assert caught.value.key == f"stages.dev.{key}" and allowed in str(caught.value)
+
+
+@pytest.mark.parametrize("settings", [
+    {"search": {"engine_version": "2.13"}}, {"search": {"engine_version": "10.0"}},
+    {"search": {"multi_az": True, "data_node_count": 2}}, {"search": {"multi_az": False, "data_node_count": 3}},
+    {"search": {"dedicated_master_count": 5}}, {"search": {"hybrid_vector_weight": 0.01}}, {"search": {"hybrid_vector_weight": 0.99}},
+    {"search": {"filterable_fields": []}}, {"search": {"log_retention_days": 3653}},
+    {"inference": {"instance_type": "ml.inf2.24xlarge", "tensor_parallel_size": 12}},
+    {"inference": {"instance_type": "ml.inf2.48xlarge", "model_params_billions": 70, "tensor_parallel_size": 24}},
+    {"inference": {"model_params_billions": 5.3}}, {"inference": {"model_params_billions": 0.1, "tensor_parallel_size": 1}},
+    {"inference": {"power_on_schedule": "cron(0 8 ? * MON-FRI *)", "power_off_schedule": "cron(0 20 ? * MON-FRI *)",
+                   "schedule_timezone": "America/Argentina/Buenos_Aires"}},
+    {"inference": {"enabled": False}, "training": {"auto_deploy": False}},
+    {"training": {"notification_email": "ops@example.com", "log_retention_days": 1}},
+    {"serving": {"temperature": 1.0, "bedrock_model_id": "us.amazon.nova-lite-v1:0"}}, {"serving": {"temperature": 0.0}},
+    {"account": "123456789012", "region": "us-gov-west-1"}, {"monitoring": {"alarm_email": "ops@example.com"}},
+])
+def test_values_just_inside_each_rule_are_accepted(settings):
+    assert load({"dev": settings}).stages["dev"].name == "dev"
+
+
+@pytest.mark.parametrize("name, ok", [("ab", True), ("a" * 16, True), ("a", False), ("a" * 17, False), ("2ab", False), ("dev-1", False)])
+def test_stage_names_are_2_to_16_lowercase_letters_and_digits(name, ok):
+    if ok:
+        assert load({name: {}}).stages[name].stack_prefix == "Rag" + name.capitalize()
+    else:
+        with pytest.raises(ConfigError) as caught:
+            load({name: {}})
+        assert caught.value.key == f"stages.{name}.name"
+
+
+@pytest.mark.parametrize("raw, problem", [
+    ({"stages": []}, "an object mapping stage names to their settings"),
+    ({"stages": {}}, "an object mapping stage names to their settings"),
+    ({"stages": {"dev": {"search": "big"}}}, "invalid config stages.dev.search='big': an object"),
+    ({"stages": {"dev": {"search": {"filterable_fields": ["a", 1]}}}}, "a list of strings"),
+    ({"stages": {"dev": {"serving": {"temperature": "0.5"}}}}, "invalid config stages.dev.serving.temperature='0.5': must be a number"),
+    ({"stages": {"dev": {"serving": {"reserved_concurrency": True}}}}, "must be an integer"),
+    ({"stages": {"dev": {"training": {"notification_email": 5}}}}, "invalid config stages.dev.training.notification_email=5: must be a string"),
+])
+def test_malformed_json_is_named_precisely(raw, problem):
+    with pytest.raises(ConfigError) as caught:
+        load_config(raw)
+    assert problem in str(caught.value)
+
+
+def test_types_are_coerced_only_where_lossless():
+    stage = load({"dev": {"search": {"filterable_fields": ["year"], "hybrid_vector_weight": 1 - 0.25}, "training": {"notification_email": None},
+                          "serving": {"reserved_concurrency": 10}}}).stages["dev"]
+    assert stage.search.filterable_fields == ("year",) and stage.training.notification_email is None
+    assert stage.serving.reserved_concurrency == 10 and stage.search.hybrid_vector_weight == 0.75
+    assert isinstance(load({"dev": {"search": {"hybrid_vector_weight": 1 - 0.5}}}).stages["dev"].search.hybrid_vector_weight, float)
+
+
+@pytest.mark.parametrize("timeout, retrieval, generation", [(3, 1, 1), (10, 2, 7), (25, 5, 19), (28, 5, 22), (9, 1, 7)])
+def test_the_query_functions_time_is_split_between_retrieval_and_generation(timeout, retrieval, generation):
+    serving = ServingConfig(lambda_timeout_s=timeout)
+    assert (serving.retrieval_timeout_s, serving.generation_timeout_s) == (retrieval, generation)
+    assert serving.retrieval_timeout_s + serving.generation_timeout_s < timeout or timeout == 3
+
+
+@pytest.mark.parametrize("billions, size", [(0.1, 1), (5.6, 1), (5.61, 2), (11.2, 2), (11.3, 4), (44.8, 8), (44.81, 12), (67.1, 12), (67.3, 24), (134.3, 24), (134.5, 25)])
+def test_the_smallest_tensor_parallel_size_that_holds_the_weights(billions, size):
+    """bf16 weights (2 bytes a parameter) in 70% of 16 GB per NeuronCore: 11.2 GB a core."""
+    assert inf2_min_tensor_parallel(billions) == size
