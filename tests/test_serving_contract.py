@@ -252,15 +252,14 @@ def test_endpoint_config_definition_has_one_variant_per_role():
             "InitialVariantWeight": 1.0, "ModelDataDownloadTimeoutInSeconds": 1200,
             "ContainerStartupHealthCheckTimeoutInSeconds": 1800, "VolumeSizeInGB": 64} for role in ("base", "finetuned")],
         "KmsKeyId": "arn:aws:kms:us-east-1:111122223333:key/k",
-    }
-    assert contract.VARIANT_NAMES == {"base": "base", "finetuned": "finetuned"}  # Contract 3; autoscaling is registered per name
-    assert contract.INFERENCE_AMI_VERSION is None
+    }  # Contract 3: one variant per role, named as the role (autoscaling and TargetVariant use the name); no InferenceAmiVersion
 
 
 def test_config_name_fits_for_the_longest_stage_and_the_digest_follows_the_definition():
     contract.check_config_name_length("rag" + "x" * 16 + "-generator")
     with pytest.raises(ValueError, match="63 characters"):
         contract.check_config_name_length("rag" + "x" * 30 + "-generator")
-    assert contract.definition_digest({"a": 1}) == contract.definition_digest({"a": 1})
+    # The same definition, however its keys were ordered, names the same config (no spurious replacement).
+    assert contract.definition_digest({"a": 1, "b": {"c": 2, "d": 3}}) == contract.definition_digest({"b": {"d": 3, "c": 2}, "a": 1})
     assert contract.definition_digest({"a": 1}) != contract.definition_digest({"a": 2})
     assert re.fullmatch(r"[0-9a-f]{8}", contract.definition_digest({}))

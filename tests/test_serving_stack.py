@@ -12,7 +12,7 @@ from shared import model_record
 from stacks.config import InferenceConfig, ServingConfig, StageConfig
 from stacks.constructs.bedrock_model import MODEL_REGIONS, BedrockModel, UnsupportedModelRegionError
 from stacks.constructs.python_function import RUNTIME
-from stacks.serving_stack import INTEGRATION_TIMEOUT_S, REQUEST_GENERATORS, ServingStack, endpoint_name, power_parameter
+from stacks.serving_stack import INTEGRATION_TIMEOUT_S, ServingStack, endpoint_name, power_parameter
 
 STAGES = ("dev", "prod")
 
@@ -243,7 +243,6 @@ def test_the_endpoint_name_and_power_parameter_follow_contract_3():
     stage = StageConfig(name="lab")
     assert endpoint_name(stage) == "raglab-generator" and power_parameter("lab") == model_record.power_parameter("lab")
     assert endpoint_name(StageConfig(name="lab", inference=InferenceConfig(enabled=False), serving=ServingConfig(default_generator="bedrock"))) is None
-    assert REQUEST_GENERATORS == ["bedrock", "base", "finetuned"]
 
 
 class _Index:
