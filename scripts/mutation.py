@@ -57,10 +57,12 @@ DEFAULT_PATHS = ["lambda", "stacks/config.py", "model_artifacts/training"]
 UNITS = ["lambda/ingest", "lambda/query", "lambda/serving_record", "lambda/shared", "lambda/validate_training_input",
          "lambda/vector_index", "stacks/config.py", "model_artifacts/training"]
 PROGRESS_EVERY = 60.0
+TRAINING_MODULES = ("data_format", "train")  # model_artifacts/training/*.py, imported by file name
 
 _QUERY = ["tests/test_query_errors.py", "tests/test_query_helpers.py", "tests/test_query_modes.py",
           "tests/test_query_prompts.py", "tests/test_query_properties.py", "tests/test_query_adversarial.py",
-          "tests/test_query_backend.py", "tests/test_query_endpoint.py", "tests/test_query_metrics.py"]
+          "tests/test_query_backend.py", "tests/test_query_endpoint.py", "tests/test_query_metrics.py", "tests/test_query_rules.py",
+          "tests/test_query_parts.py"]
 _VECTOR = ["tests/test_vector_index_handler.py", "tests/test_vector_index_adversarial.py"]
 _TRAINING_DATA = ["tests/test_train_script.py", "tests/test_validation_boundaries.py", "tests/test_evaluation_data.py"]
 # Which tests reach which source path (the longest matching prefix wins; a folder takes the tests
@@ -114,10 +116,46 @@ def _logging_only(original: ast.AST, mutant: ast.AST, changed: list[str]) -> boo
     return _without_log_calls(original) == _without_log_calls(mutant)
 
 
+def _differences(a: object, b: object, parents: tuple = ()) -> list[tuple[object, object, tuple]]:
+    """The smallest differing parts of two ast trees, each with its chain of parent nodes."""
+    if type(a) is not type(b):
+        return [(a, b, parents)]
+    if isinstance(a, ast.AST):
+        found = []
+        for name in a._fields:
+            left, right = getattr(a, name, None), getattr(b, name, None)
+            if isinstance(left, list) and isinstance(right, list) and len(left) != len(right):
+                found.append((a, b, parents))
+            elif isinstance(left, list):
+                for x, y in zip(left, right):
+                    found += _differences(x, y, parents + (a,))
+            else:
+                found += _differences(left, right, parents + (a,))
+        return found
+    return [] if a == b else [(a, b, parents)]
+
+
+def _header_name_case(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
+    """Only the case of a string that is a key of a `headers={...}` argument changed."""
+    found = _differences(_named(original, ""), _named(mutant, ""))
+    if len(found) != 1:
+        return False
+    left, right, parents = found[0]
+    if not (isinstance(left, str) and isinstance(right, str) and left.lower() == right.lower() and len(parents) >= 3):
+        return False
+    constant, mapping, keyword = parents[-1], parents[-2], parents[-3]
+    return (isinstance(mapping, ast.Dict) and any(key is constant for key in mapping.keys)
+            and isinstance(keyword, ast.keyword) and keyword.arg == "headers")
+
+
 EQUIVALENT = [
     ("logging", "the mutant changes only what a logging call writes (message text, `extra` keys, level): log "
                 "output, not behaviour; the handlers' metric and response tests pin what operators act on",
      _logging_only),
+    ("header name case", "urllib.request and urllib3 send header names case-insensitively (urllib applies "
+                         "str.capitalize() to them, HTTP/1.1 field names are case-insensitive): a mutant that only "
+                         "changes the case of a header name sends the same request",
+     _header_name_case),
 ]
 
 
@@ -161,19 +199,26 @@ def scratch_copy(work: Path) -> None:
     (work / "lambda").symlink_to("src")  # stacks find handler folders under lambda/
     (work / "mutants").mkdir()
     (work / "mutants" / "lambda").symlink_to("src")  # the same where mutmut runs the tests
+    # The training job imports its modules by file name (`import data_format`, as SageMaker runs
+    # train.py); mutmut knows them by path. The copy's conftest makes both names one module.
+    aliases = "".join(f"sys.modules.setdefault({name!r}, importlib.import_module('model_artifacts.training.{name}'))\n"
+                      for name in TRAINING_MODULES)
+    with open(work / "tests" / "conftest.py", "a") as conftest:
+        conftest.write(f"\n\nimport importlib  # noqa: E402 (scripts/mutation.py)\nimport sys  # noqa: E402\n{aliases}")
 
 
 def source_in_work(path: str) -> str:
     return "src/" + path[len("lambda/"):] if path.startswith("lambda/") else ("src" if path == "lambda" else path)
 
 
-def mutmut_config(path: str, tests: list[str]) -> str:
+def mutmut_config(path: str, tests: list[str], work: Path) -> str:
+    copied = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in work.iterdir()
+                    if entry.name not in ("mutants", "lambda", "setup.cfg") and not entry.is_symlink())
     lines = ["[mutmut]", "source_paths=" + source_in_work(path),
              "pytest_add_cli_args_test_selection=" + "\n    ".join(tests),
              "pytest_add_cli_args=-p no:cacheprovider -q",
              "use_git_change_detection=false",
-             "also_copy=" + "\n    ".join(["src/", "tests/", "stacks/", "model_artifacts/", "pricing/", "scripts/", "local/",
-                                             "evaluation/", "pytest.ini", "app.py", "cdk.json", "package.json"])]
+             "also_copy=" + "\n    ".join(copied)]  # the whole work tree: tests read README.md, cdk.json, ...
     return "\n".join(lines) + "\n"
 
 
@@ -375,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         work = run / "work"
         print(f"{unit}: mutating against {' '.join(tests)} in {work.relative_to(ROOT)}", flush=True)
         scratch_copy(work)
-        (work / "setup.cfg").write_text(mutmut_config(unit, tests))
+        (work / "setup.cfg").write_text(mutmut_config(unit, tests, work))
         code = run_mutmut(mutmut, work, args.max_children, unit)
         log = (run / "mutmut.log").read_text()
         if code not in (0, 1) or "Running mutation testing" not in log or "mutations/second" not in log:

@@ -197,7 +197,7 @@ class EndpointState:
             code = _error_code(error)
             if code == "ValidationException" and "not find" in str(error).lower():
                 return EndpointSnapshot(exists=False, **self._power())
-            return EndpointSnapshot(exists=False, error=code or "ClientError")
+            return EndpointSnapshot(exists=False, error=code)
         except (BotoCoreError, aws_clients.DeadlineExceeded) as error:
             return EndpointSnapshot(exists=False, error=type(error).__name__)
         status = described.get("EndpointStatus")
@@ -218,7 +218,7 @@ class EndpointState:
             code = _error_code(error)
             if code == "ParameterNotFound":
                 return {"power": None, "power_missing": True, "error": None}
-            return {"power": None, "power_missing": False, "error": code or "ClientError"}
+            return {"power": None, "power_missing": False, "error": code}
         except (BotoCoreError, aws_clients.DeadlineExceeded) as error:
             return {"power": None, "power_missing": False, "error": type(error).__name__}
         try:
@@ -230,12 +230,12 @@ class EndpointState:
 class EndpointGenerator:
     """One role (`base` or `finetuned`) on the stage's Inferentia2 endpoint: a production variant."""
 
-    def __init__(self, role: str, settings: Settings, clients: "AwsClients", state: Optional[EndpointState]):
+    def __init__(self, role: str, settings: Settings, clients: "AwsClients", state: EndpointState):
         self.name, self.settings, self.clients, self.state = role, settings, clients, state
 
     def status(self) -> GeneratorStatus:
         s, role = self.settings, self.name
-        if s.endpoint_name is None or self.state is None:
+        if s.endpoint_name is None:
             return self._unavailable(
                 f"generator {role!r} needs an Inferentia2 endpoint and stage {s.stage!r} has none "
                 "(inference.enabled is false in its config): set it to true and deploy the stage",
@@ -303,13 +303,13 @@ class EndpointGenerator:
                 temperature=temperature,
             )
         except ClientError as error:
-            if _error_code(error) == "ValidationError" and self.state is not None:
+            if _error_code(error) == "ValidationError":
                 # The endpoint or the variant may have gone since the cached reading (switched off,
                 # a deploy removed the variant): read it again and say so if it is not available.
                 self.state.invalidate()
                 now = self.status()
                 if not now.available:
-                    raise GeneratorUnavailable(now) from error
+                    raise GeneratorUnavailable.of(now) from error
             raise
 
 
@@ -325,7 +325,8 @@ POWER_ON_COMMAND = "scripts/endpoint_power.py --stage {stage} on"
 
 
 def _error_code(error: ClientError) -> str:
-    return str(((getattr(error, "response", None) or {}).get("Error") or {}).get("Code", ""))
+    """The AWS error code (botocore always parses a response dict; a code can be missing)."""
+    return str((error.response.get("Error") or {}).get("Code") or "ClientError")
 
 
 class ManagedRag:
@@ -358,7 +359,7 @@ class ManagedRag:
 def build(settings: Settings, clients: Optional[AwsClients] = None) -> Backend:
     """The deployed stage's backend (clients are made on first use unless given)."""
     clients = clients or AwsClients(settings)
-    state = EndpointState(settings, clients) if settings.endpoint_name else None
+    state = EndpointState(settings, clients)  # read only when the stage has an endpoint
     return Backend(
         retrievers={"kb": KnowledgeBaseRetriever(settings, clients), "opensearch": OpenSearchRetriever(settings, clients)},
         generators={

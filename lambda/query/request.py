@@ -91,8 +91,8 @@ def validate(body: Any, settings: Settings, generators: Sequence[str] = DEPLOYED
     if len(question) > settings.max_question_chars:
         raise bad("question", f"longer than {settings.max_question_chars} characters")
 
-    mode = _choice(body, "mode", MODES, "rag")
-    retriever = _choice(body, "retriever", RETRIEVERS, settings.default_retriever)
+    mode = _choice(body.get("mode", "rag"), "mode", MODES)
+    retriever = _choice(body.get("retriever", settings.default_retriever), "retriever", RETRIEVERS)
     if mode == "kb" and len(question) > KB_MODE_MAX_QUESTION_CHARS:
         raise bad("question", f"mode 'kb' accepts at most {KB_MODE_MAX_QUESTION_CHARS} characters")
     if mode == "kb" and body.get("retriever", "kb") != "kb":
@@ -109,7 +109,7 @@ def validate(body: Any, settings: Settings, generators: Sequence[str] = DEPLOYED
         raise bad("filters", "mode 'prompt' does not retrieve; filters do not apply")
     generator = body.get("generator")
     if generator is not None:
-        generator = _choice(body, "generator", tuple(generators), "")
+        generator = _choice(generator, "generator", tuple(generators))
         if mode == "kb" and generator != KB_MODE_GENERATOR:
             raise bad("generator", f"mode 'kb' always uses {KB_MODE_GENERATOR!r} (Bedrock's managed RAG); omit it or use {KB_MODE_GENERATOR!r}")
     return QueryRequest(question=question, mode=mode, retriever=retriever, top_k=top_k, filters=filters, generator=generator)
@@ -129,8 +129,7 @@ def _name(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", key) else json.dumps(key[:64])
 
 
-def _choice(body: dict, field: str, allowed: tuple[str, ...], default: str) -> str:
-    value = body.get(field, default)
+def _choice(value: Any, field: str, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str):
         raise bad(field, f"must be a string, one of: {', '.join(allowed)}")
     if value not in allowed:

@@ -79,11 +79,13 @@ class Backend:
 class GeneratorUnavailable(ApiError):
     """A known generator that cannot answer now: 503 with its reason and a Retry-After."""
 
-    def __init__(self, status: GeneratorStatus):
-        retry = status.retry_after_s or UNAVAILABLE_RETRY_AFTER_S
-        reason = status.reason or f"generator {status.name!r} is not available"
+    def __init__(self, reason: str, retry_after_s: Optional[int] = None):
+        retry = retry_after_s or UNAVAILABLE_RETRY_AFTER_S
         super().__init__(503, reason, field="generator", headers={"Retry-After": str(retry)})
-        self.generator_status = status
+
+    @classmethod
+    def of(cls, status: GeneratorStatus) -> "GeneratorUnavailable":
+        return cls(status.reason or f"generator {status.name!r} is not available", status.retry_after_s)
 
 
 class Chosen(NamedTuple):
@@ -106,13 +108,13 @@ def choose_generator(requested: Optional[str], settings: Settings, backend: Back
             raise SettingsError("the backend has no generators")
         reasons = "; ".join(f"{s.name}: {s.reason or 'not available'}" for s in statuses)
         retry = min((s.retry_after_s for s in statuses if s.retry_after_s), default=None)
-        raise GeneratorUnavailable(GeneratorStatus("auto", False, None, None, f"no generator is available: {reasons}", None, retry))
+        raise GeneratorUnavailable(f"no generator is available: {reasons}", retry)
     generator = backend.generators.get(name)
     if generator is None:  # request names are checked against the backend first: this is the default's fault
         raise SettingsError(f"default generator {name!r} is not one of {tuple(backend.generators)}")
     status = generator.status()
     if not status.available:
-        raise GeneratorUnavailable(status)
+        raise GeneratorUnavailable.of(status)
     return Chosen(name, generator, status)
 
 
