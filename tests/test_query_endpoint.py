@@ -10,7 +10,6 @@ import pytest
 
 from query import aws_backend
 from query.aws_backend import RETRY_ABSENT_S, RETRY_CREATING_S, RETRY_UNKNOWN_S, EndpointState
-from shared.endpoint_codec import CONTENT_TYPE
 from tests.test_query_helpers import (  # noqa: F401  (wired is a fixture)
     ENDPOINT,
     call,
@@ -185,7 +184,7 @@ def test_each_role_is_invoked_on_its_own_variant(wired, role, variant):
     stubs = wired(endpoint=described())
     stubs.sagemaker.add_response(
         "invoke_endpoint", endpoint_response("Yearly."),
-        {"EndpointName": ENDPOINT, "TargetVariant": variant, "ContentType": CONTENT_TYPE, "Accept": CONTENT_TYPE, "Body": _Any()},
+        {"EndpointName": ENDPOINT, "TargetVariant": variant, "ContentType": "application/json", "Accept": "application/json", "Body": _Any()},
     )
     status, body, _ = call({"question": Q, "mode": "prompt", "generator": role})
     stubs.verify()

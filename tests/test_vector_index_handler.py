@@ -245,7 +245,7 @@ def test_the_fake_domain_rejects_a_wrong_signature(server):
 
     domain = server()
     signed_request(endpoint=server.endpoint, method="GET", path="/rag-documents", region=REGION,
-                   credentials=Credentials("AKIDTEST", "another-secret", "session-token-test"))
+                   credentials=Credentials("AKIDTEST", "another-secret", "session-token-test"), timeout_s=5.0)
     assert domain.bad_signatures == 1
 
 
