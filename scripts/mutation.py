@@ -64,8 +64,8 @@ _QUERY = ["tests/test_query_errors.py", "tests/test_query_helpers.py", "tests/te
           "tests/test_query_backend.py", "tests/test_query_endpoint.py", "tests/test_query_metrics.py", "tests/test_query_rules.py",
           "tests/test_query_parts.py"]
 _VECTOR = ["tests/test_vector_index_handler.py", "tests/test_vector_index_adversarial.py"]
-_TRAINING_DATA = ["tests/test_train_script.py", "tests/test_train_job.py", "tests/test_validation_boundaries.py",
-                  "tests/test_evaluation_data.py"]
+_TRAINING_DATA = ["tests/test_training_data.py", "tests/test_train_script.py", "tests/test_train_job.py",
+                  "tests/test_validation_boundaries.py", "tests/test_evaluation_data.py"]
 # Which tests reach which source path (the longest matching prefix wins; a folder takes the tests
 # of everything under it). Kept to tests without the session synth: see the docstring.
 TESTS_FOR = {

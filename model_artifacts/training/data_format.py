@@ -97,7 +97,7 @@ def validate_record(record: Any) -> list[str]:
         return ["neither a chat record ('messages') nor an instruction record ('instruction' + 'output')"]
     allowed = CHAT_KEYS if kind == "chat" else INSTRUCTION_KEYS
     for key in sorted(set(record) - allowed):
-        errors.append(f"unknown key {key!r} in a {kind} record (allowed: {', '.join(sorted(allowed))})")
+        errors.append(f"unknown key {key!r} for the {kind} format (allowed: {', '.join(sorted(allowed))})")
     if "id" in record and not isinstance(record["id"], str):
         errors.append("'id' must be a string")
     if "metadata" in record and not isinstance(record["metadata"], dict):
