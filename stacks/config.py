@@ -420,7 +420,7 @@ class StageConfig:
             raise ConfigError("serving.default_generator", default, "'auto' or 'bedrock' when inference.enabled is false (no endpoint to call)")
         if default == "base" and not self.inference.serve_base:
             raise ConfigError("serving.default_generator", default, "not 'base' when inference.serve_base is false (the stage never serves the base model)")
-        if self.inference.enabled and self.serving.max_new_tokens > self.inference.sequence_length // 2:
+        if self.inference.enabled and self.serving.max_new_tokens * 2 > self.inference.sequence_length:
             raise ConfigError(
                 "serving.max_new_tokens", self.serving.max_new_tokens,
                 f"at most half of inference.sequence_length ({self.inference.sequence_length // 2}): the rest holds the prompt",
