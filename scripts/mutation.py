@@ -94,6 +94,8 @@ LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
 def _is_log_call(node: ast.AST) -> bool:
     if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Attribute)):
         return False
+    if node.value.func.attr == "basicConfig" and getattr(node.value.func.value, "id", "") == "logging":
+        return True  # the log format and level of a script
     receiver = node.value.func.value
     if isinstance(receiver, ast.Call):  # observability.logger().info(...)
         receiver = receiver.func
@@ -151,14 +153,41 @@ def _header_name_case(original: ast.AST, mutant: ast.AST, changed: list[str]) ->
             and isinstance(keyword, ast.keyword) and keyword.arg == "headers")
 
 
+ARGPARSE_CALLS = {"ArgumentParser", "add_argument", "add_argument_group", "add_mutually_exclusive_group"}
+
+
+def _help_text_only(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
+    """Only a help/description text (or a group title) of an argparse call changed or went away."""
+    found = _differences(_named(original, ""), _named(mutant, ""))
+    if len(found) != 1:
+        return False
+    left, right, parents = found[0]
+    chain = list(parents) + ([left] if isinstance(left, ast.AST) else [])
+    call = next((node for node in reversed(chain) if isinstance(node, ast.Call)), None)
+    name = getattr(call.func, "attr", getattr(call.func, "id", "")) if call else ""
+    if name not in ARGPARSE_CALLS:
+        return False
+    if isinstance(left, ast.Call) and isinstance(right, ast.Call):  # a keyword removed
+        kept = {k.arg: ast.dump(k.value) for k in right.keywords}
+        gone = [k.arg for k in left.keywords if kept.get(k.arg) != ast.dump(k.value)]
+        return len(right.keywords) == len(left.keywords) - 1 and len(right.args) == len(left.args) and gone in (["help"], ["description"])
+    keyword = next((node for node in reversed(chain) if isinstance(node, ast.keyword)), None)
+    if keyword is not None:
+        return keyword.arg in ("help", "description")
+    return name == "add_argument_group" and bool(call.args) and any(node is call.args[0] for node in chain)
+
+
 EQUIVALENT = [
-    ("logging", "the mutant changes only what a logging call writes (message text, `extra` keys, level): log "
-                "output, not behaviour; the handlers' metric and response tests pin what operators act on",
+    ("logging", "the mutant changes only what a logging call writes (message text, `extra` keys, level, a script's "
+                "log format): log output, not behaviour; the metric and response tests pin what operators act on",
      _logging_only),
     ("header name case", "urllib.request and urllib3 send header names case-insensitively (urllib applies "
                          "str.capitalize() to them, HTTP/1.1 field names are case-insensitive): a mutant that only "
                          "changes the case of a header name sends the same request",
      _header_name_case),
+    ("help text", "the mutant changes only what --help prints (an argparse help or description text, or a group "
+                  "title): the options, their types and defaults are unchanged",
+     _help_text_only),
 ]
 
 

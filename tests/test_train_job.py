@@ -213,3 +213,134 @@ def test_commands_run_checked(monkeypatch):
     monkeypatch.setattr(train.subprocess, "run", lambda command, check: calls.append((command, check)))
     train._run(["optimum-cli", "neuron", "consolidate"])
     assert calls == [(["optimum-cli", "neuron", "consolidate"], True)]
+
+
+# --- the CPU side's details: what the dry run and the job's log tell the operator -----------------
+
+
+def base_folder(tmp_path, config, *files):
+    folder = tmp_path / "base"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    for name in files:
+        (folder / name).write_bytes(b"")
+    return folder
+
+
+def test_what_the_base_model_check_reports(tmp_path):
+    args = train.parse_args(["--tensor_parallel_size", "2"], env={})
+    assert train.inspect_base_model(None, args) == ({"checked": False}, [])
+    missing = tmp_path / "missing"
+    assert train.inspect_base_model(str(missing), args) == ({"checked": True, "path": str(missing)}, [f"base model: no config.json in {missing}"])
+    folder = base_folder(tmp_path, "{bad")
+    assert train.inspect_base_model(str(folder), args) == ({"checked": True, "path": str(folder)}, [
+        f"base model: {folder / 'config.json'} is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"])
+    folder = base_folder(tmp_path, "[1]")
+    assert train.inspect_base_model(str(folder), args) == ({"checked": True, "path": str(folder)}, [f"base model: {folder / 'config.json'} is not a JSON object"])
+    folder = base_folder(tmp_path, {"model_type": "gpt2", "architectures": ["GPT2"], "max_position_embeddings": 1024, "num_attention_heads": 3})
+    info, errors = train.inspect_base_model(str(folder), args)
+    assert info == {"checked": True, "path": str(folder), "model_type": "gpt2", "architectures": ["GPT2"], "max_position_embeddings": 1024, "weight_files": 0}
+    assert errors == ["base model: model_type 'gpt2' is not one of llama, qwen3", f"base model: no *.safetensors weights in {folder}",
+                      f"base model: no tokenizer.json or tokenizer.model in {folder}",
+                      "max_length=2048 exceeds the base model's max_position_embeddings=1024",
+                      "serving_sequence_length=4096 exceeds max_position_embeddings=1024",
+                      "tensor_parallel_size=2 does not split the model's 3 key/value heads"]
+
+
+@pytest.mark.parametrize("config, argv, errors", [
+    ({"num_key_value_heads": 8, "num_attention_heads": 3}, ["--tensor_parallel_size", "4"], []),  # the key/value heads count
+    ({"num_key_value_heads": 2}, ["--tensor_parallel_size", "8"], []),  # more ranks than heads: each head on several
+    ({"num_key_value_heads": 6}, ["--tensor_parallel_size", "4"], ["tensor_parallel_size=4 does not split the model's 6 key/value heads"]),
+    ({"max_position_embeddings": 4096}, ["--max_length", "4096", "--serving_sequence_length", "4096"], []),  # equal is enough
+    ({"max_position_embeddings": 2048}, ["--compile_for_inference", "false", "--serving_sequence_length", "4096"], []),
+])
+def test_sizes_against_the_base_models_config(tmp_path, config, argv, errors):
+    folder = base_folder(tmp_path, {"model_type": "llama", **config}, "model.safetensors", "tokenizer.model")
+    assert train.inspect_base_model(str(folder), train.parse_args(argv, env={}))[1] == errors
+
+
+def test_cross_argument_messages_and_the_core_count_boundary():
+    errors = train.check_arguments(train.parse_args(["--neuron_cores", "0", "--max_steps", "0"], env={}))
+    assert errors == ["no training data: pass --train_dir or set SM_CHANNEL_TRAIN", "max_steps must be -1 (run num_train_epochs) or positive",
+                      "neuron_cores must be positive, got 0"]
+    assert train.check_arguments(train.parse_args(["--neuron_cores", "1", "--tensor_parallel_size", "1", "--train_dir", "d"], env={})) == []
+    assert train.check_serving_version(train.parse_args(["--serving_optimum_neuron_version", "0.4.4"], env={}), None) == []
+    assert train.check_serving_version(train.parse_args(["--serving_optimum_neuron_version", "0.4.4"], env={}), "0.4.1") == [
+        "compile_for_inference needs optimum-neuron 0.4.4 (the serving container's) but 0.4.1 is installed: the endpoint would refuse "
+        "the compiled model. Compile in a separate step or align the versions."]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lora_r", "x"], "argument --lora_r: lora_r: expected int, got 'x'"),
+    (["--learning_rate", "fast"], "argument --learning_rate: learning_rate: expected float, got 'fast'"),
+    (["--lora_r", "0"], "argument --lora_r: lora_r: 0 is outside 1..256"),
+    (["--lora_target_modules", "a b"], "argument --lora_target_modules: lora_target_modules: 'a b' does not match ^[A-Za-z_][A-Za-z0-9_]*(,[A-Za-z_][A-Za-z0-9_]*)*$"),
+    (["--packing", "maybe"], "argument --packing: expected true or false, got 'maybe'"),
+])
+def test_a_bad_argument_names_itself(capsys, argv, message):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv, env={})
+    assert capsys.readouterr().err.strip().endswith(message)
+
+
+def test_argument_types_and_defaults_outside_sagemaker():
+    args = train.parse_args(["--dry-run", "--neuron_cores", "4", "--packing", "1", "--bf16", "no"], env={})
+    assert args.dry_run is True and args.neuron_cores == 4 and args.packing is True and args.bf16 is False
+    assert (args.model_dir, args.work_dir, args.train_dir, args.base_model_dir) == ("/opt/ml/model", "/opt/ml/work", None, None)
+    assert isinstance(args.num_train_epochs, float) and isinstance(args.lora_r, int)
+    assert train.parse_args([], env={"SM_NUM_NEURONS": "2"}).neuron_cores == 2  # one host unless SM_HOSTS says more
+
+
+def test_main_reads_the_process_environment_by_default(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("SM_CHANNEL_TRAIN", str(SAMPLE))
+    monkeypatch.delenv("SM_CHANNEL_BASE_MODEL", raising=False)
+    assert train.main(["--dry-run", "--neuron_cores", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('{\n  "valid": true,\n  "errors": [],\n  "plan": {') and json.loads(out)["plan"]["data"]["files"] == [str(SAMPLE)]
+
+
+def test_a_dry_run_never_prints_what_json_cannot_read(monkeypatch):
+    monkeypatch.setattr(train, "make_plan", lambda *a: {"estimated_optimizer_steps": float("nan")})
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        train.main(["--dry-run", "--train_dir", str(SAMPLE)], env={})
+
+
+@pytest.mark.parametrize("rank, finalized", [("0", True), ("1", False), (None, True)])
+def test_every_rank_trains_and_only_rank_0_finalizes(monkeypatch, tmp_path, rank, finalized):
+    calls = []
+    monkeypatch.setattr(train, "train", lambda args, report: calls.append(("train", args.base_model_dir, len(report.records))) or tmp_path / "final")
+    monkeypatch.setattr(train, "finalize", lambda args, final, plan, report: calls.append(("finalize", final, plan["base_model"]["checked"])))
+    env = {} if rank is None else {"RANK": rank}
+    assert train.main(["--train_dir", str(SAMPLE), "--base_model_dir", str(base_folder(tmp_path, {"model_type": "qwen3"}, "m.safetensors",
+                                                                                         "tokenizer.json"))], env=env) == 0
+    records = len(data_format.validate_files([SAMPLE]).records)
+    assert calls == [("train", str(tmp_path / "base"), records)] + ([("finalize", tmp_path / "final", True)] if finalized else [])
+
+
+def test_a_job_without_a_base_model_or_with_bad_input_stops_before_training(monkeypatch, caplog, tmp_path):
+    monkeypatch.setattr(train, "train", lambda *a: pytest.fail("must not train"))
+    assert train.main(["--train_dir", str(SAMPLE)], env={}) == train.EXIT_INVALID
+    assert "no base model: pass --base_model_dir or set SM_CHANNEL_BASE_MODEL" in caplog.text
+    caplog.clear()
+    assert train.main(["--train_dir", str(tmp_path / "none.jsonl")], env={}) == train.EXIT_INVALID
+    assert f"training data: no such file or directory: {tmp_path / 'none.jsonl'}" in caplog.text
+
+
+def test_finalize_twice_into_existing_folders(tmp_path, monkeypatch):
+    """SageMaker creates the model folder before the job; a rerun in the same container finds its outputs."""
+    args = args_for(tmp_path, "--compile_for_inference", "false")
+    final = tmp_path / "work" / "final"
+    (final / "adapter_default").mkdir(parents=True)
+    (final / "adapter_default" / "adapter_config.json").write_text("{}")
+    (tmp_path / "model").mkdir()
+    monkeypatch.setattr(train, "adapter_folder", lambda folder: folder / "adapter_default")
+
+    def merge(base, adapter, merged):
+        merged.mkdir(parents=True, exist_ok=True)
+        (merged / "model.safetensors").write_text("weights")
+
+    monkeypatch.setattr(train, "merge_adapter", merge)
+    report = data_format.validate_files([SAMPLE])
+    for _ in range(2):
+        train.finalize(args, final, {"optimum_neuron": {}}, report)
+    assert (tmp_path / "model" / "model.safetensors").read_text() == "weights"

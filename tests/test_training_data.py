@@ -70,11 +70,11 @@ def write(path: Path, data: bytes) -> Path:
 
 def test_lines_are_read_as_written_and_each_problem_has_its_line(tmp_path):
     good = json.dumps(OK_CHAT).encode()
-    path = write(tmp_path / "d.jsonl", good + b"\r\n" + b"  \n" + b'{"messages": [1,\n' + b"\xff\n" + good)  # no final newline
+    path = write(tmp_path / "d.jsonl", good + b"\r\n" + b"  \n" + b'{"messages": [1,  \n' + b"\xff\n" + good)  # no final newline
     report = data_format.validate_files([path])
     assert [str(p) for p in report.errors] == [
         f"{path}:2: empty line (JSON Lines has one object per line)",
-        f"{path}:3: invalid JSON: Expecting value at column 17",
+        f"{path}:3: invalid JSON: Expecting value at column 19",  # after the trailing spaces: only the newline is cut
         f"{path}:4: not UTF-8 (invalid start byte at byte 0)",
     ]
     assert len(report.records) == 2 and report.files == [str(path)]
@@ -125,3 +125,16 @@ def test_the_command_prints_problems_then_a_summary_and_exits_by_validity(tmp_pa
     assert summary["records"] == 1 and summary["warnings"] == 0
     assert data_format.main([str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err == f"error: no such file or directory: {tmp_path / 'missing'}\n"
+
+
+def test_the_command_lists_up_to_its_limit_and_passes_the_length_on(tmp_path, capsys):
+    path = write(tmp_path / "d.jsonl", b"[]\n[]\n" + json.dumps({"instruction": "q" * 40, "output": "a"}).encode() + b"\n")
+    assert data_format.main([str(path), "--max-problems", "2", "--max-length", "5"]) == 1
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"error: {path}:1: expected a JSON object, got list", f"error: {path}:2: expected a JSON object, got list",
+                                f"warning: {path}:3: about 10 tokens: longer than max_length=5, will be truncated"]
+    many = write(tmp_path / "many.jsonl", b"[]\n" * 51)
+    data_format.main([str(many), "--json"])
+    out, err = capsys.readouterr()
+    assert err.splitlines()[-1] == "... and 1 more errors" and len(err.splitlines()) == 51
+    assert out.startswith('{\n  "files": [')

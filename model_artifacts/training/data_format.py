@@ -177,7 +177,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
-                yield number, raw.decode("utf-8").rstrip("\r\n"), None
+                yield number, raw.decode().rstrip("\r\n"), None  # the newline only: columns stay as written
             except UnicodeDecodeError as error:
                 yield number, None, f"not UTF-8 ({error.reason} at byte {error.start})"
 
@@ -220,7 +220,7 @@ def _validate_file(path: Path, report: DataReport, max_length_tokens: int | None
         characters = sum(len(m["content"]) for m in messages)
         if max_length_tokens and characters // CHARS_PER_TOKEN > max_length_tokens:
             report.warnings.append(Problem(name, number, f"about {characters // CHARS_PER_TOKEN} tokens: longer than max_length={max_length_tokens}, will be truncated"))
-        key = json.dumps(messages, sort_keys=True)
+        key = json.dumps(messages)  # to_messages builds every turn with the same key order
         if key in seen:
             report.warnings.append(Problem(name, number, f"duplicate of line {seen[key]}"))
         else:
