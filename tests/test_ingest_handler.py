@@ -434,7 +434,7 @@ S3_BODY = s3_record("x", "documents/a.md")["body"]
     ({"messageId": "x1", "body": json.dumps({"source": "aws.s4", "detail-type": "Object Created", "detail": {}})},
      "not an S3 object event: source='aws.s4' detail-type='Object Created'"),
     ({"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": ["Object Created"], "detail": {}})},
-     "detail-type=['Object Created']"),
+     "not an S3 object event: source='aws.s3' detail-type=['Object Created']"),
     ({"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": {"bucket": {}}})}, NO_FIELDS),
     ({"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": "a string"})}, NO_FIELDS),
     ({"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created",
@@ -461,7 +461,7 @@ def test_a_bad_record_is_dropped_with_its_reason_and_the_valid_one_beside_it_goe
     assert result == {"batchItemFailures": []}
     assert tally[ingest.MESSAGES_DROPPED] == 1 and tally[ingest.JOBS_STARTED] == 1
     (dropped,) = [r for r in caplog.records if r.getMessage() == "message dropped"]
-    assert reason in dropped.reason  # what an operator reads to know why a message was ignored
+    assert dropped.reason == reason  # what an operator reads to know why a message was ignored
     message_id = record.get("messageId") if isinstance(record, dict) else None
     assert dropped.message_id == (message_id if isinstance(message_id, str) else None)
 
@@ -606,3 +606,18 @@ def test_metrics_name_an_unknown_stage_and_nothing_is_written_for_a_quiet_batch(
         ingest.publish(Counter({ingest.MESSAGES_DROPPED: 3}))
     (metrics,) = [json.loads(line) for line in output.getvalue().splitlines()]
     assert metrics["stage"] == "unknown" and metrics[ingest.MESSAGES_DROPPED] == [3.0]
+
+
+def test_a_readable_message_has_no_drop_reason_and_keeps_its_key():
+    assert ingest.parse_record(s3_record("m1", "documents/a.md"), SETTINGS) == (ingest.Change("m1", "Object Created", "documents/a.md"), "")
+    assert ingest.parse_record(check_record("c1"), SETTINGS) == (ingest.Check("c1", "JOB1234567", 0, 0), "")
+    assert ingest.parse_record(own_record("d1", ingest.SYNC_WANTED, {"deferrals": 2}), SETTINGS) == (ingest.Change("d1", "deferred", deferrals=2), "")
+    deploy = {"messageId": "m9", "body": json.dumps({"source": "rag.deploy"})}
+    assert ingest.parse_record(deploy, SETTINGS) == (ingest.Change("m9", "deploy"), "")
+
+
+def test_the_started_log_lists_the_changes(bedrock, caplog):
+    expect_start(bedrock, "2 change(s): Object Created, Object Deleted")
+    run([s3_record("m1", "documents/a.md"), s3_record("m2", "documents/b.md", "Object Deleted")], bedrock)
+    (started,) = [r for r in caplog.records if r.getMessage() == "ingestion started"]
+    assert started.changes == ["Object Created documents/a.md", "Object Deleted documents/b.md"] and started.ingestion_job_id == "JOB1234567"
