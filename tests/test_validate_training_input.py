@@ -361,3 +361,9 @@ def test_a_compile_only_run_lists_no_training_data_and_registers_no_data_uri(s3)
         stub.assert_no_pending_responses()
     assert out["training_data_uri"] == rules.NO_DATA and out["checks"] == {"data_files": 0, "data_bytes": 0, "model_type": "qwen3"}
     assert out["job_name"] == "ragdev-ft-20260102-030405-c0ffee" and out["base_model_uri"] == "s3://art-bkt/base-models/qwen3-1.7b/"
+
+
+def test_an_input_that_is_not_an_object_says_so():
+    with pytest.raises(rules.InputError) as error:
+        rules.validate_request(["datasets/v1/"], SETTINGS)
+    assert error.value.problems == ["the input must be a JSON object"]
