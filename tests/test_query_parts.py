@@ -339,3 +339,55 @@ def test_converse_without_text_names_the_stop_reason():
     with pytest.raises(EndpointPayloadError, match=r"^Converse returned no text \(stopReason='content_filtered'\)$"):
         generators.generate_bedrock(Converse({"output": {"message": {"content": [{"text": "  "}]}}, "stopReason": "content_filtered"}),
                                     model_id="m", prompt=Prompt("s", "u"), max_tokens=5, temperature=0.0)
+
+
+# --- the function's settings: a deployment fault names the variable -------------------------------
+
+from query.settings import Settings, SettingsError  # noqa: E402
+from tests.test_query_helpers import ENV  # noqa: E402
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"DEFAULT_GENERATOR": "gpt"}, "DEFAULT_GENERATOR='gpt': allowed ('auto', 'finetuned', 'base', 'bedrock')"),
+    ({"DEFAULT_GENERATOR": "base", "ENDPOINT_NAME": ""}, "DEFAULT_GENERATOR='base' needs ENDPOINT_NAME (the stage's endpoint)"),
+    ({"SERVE_BASE": "yes"}, "SERVE_BASE='yes': allowed 'true', 'false'"),
+    ({"MAX_TOP_K": "ten"}, "environment: environment variable MAX_TOP_K='ten' is not an integer"),
+    ({"RETRIEVAL_TIMEOUT_S": "soon"}, "environment: environment variable RETRIEVAL_TIMEOUT_S='soon' is not a number"),
+    ({"TEMPERATURE": "nan"}, "environment: environment variable TEMPERATURE='nan' is not a finite number"),
+    ({"KNOWLEDGE_BASE_ID": ""}, "environment: environment variable KNOWLEDGE_BASE_ID is missing"),
+    ({"OPENSEARCH_ENDPOINT": "http://search"}, "OPENSEARCH_ENDPOINT must start with https://"),
+    ({"MAX_TOP_K": "0"}, "environment: max_top_k=0 must be at least 1"),
+    ({"DEFAULT_TOP_K": "11"}, "environment: default_top_k=11 must be within 1..max_top_k=10"),
+    ({"DEFAULT_TOP_K": "0"}, "environment: default_top_k=0 must be within 1..max_top_k=10"),
+    ({"MAX_QUESTION_CHARS": "0"}, "environment: max_question_chars=0 must be at least 1"),
+    ({"MAX_NEW_TOKENS": "0"}, "environment: max_new_tokens=0 must be at least 1"),
+    ({"TEMPERATURE": "2.01"}, "environment: temperature=2.01 must be within 0.0..2.0"),
+    ({"TEMPERATURE": "-0.01"}, "environment: temperature=-0.01 must be within 0.0..2.0"),
+])
+def test_a_wrong_environment_names_the_variable(overrides, message):
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({**ENV, **overrides})
+    assert str(error.value) == message
+
+
+def test_optional_variables_and_their_defaults():
+    env = {k: v for k, v in ENV.items() if k not in ("RETRIEVAL_TIMEOUT_S", "DEFAULT_RETRIEVER", "ENDPOINT_MODEL_NAME", "ENDPOINT_SEQUENCE_LENGTH",
+                                                      "FILTERABLE_FIELDS", "SERVE_BASE")}
+    s = Settings.from_env({**env, "MAX_TOP_K": "1", "DEFAULT_TOP_K": "1", "MAX_QUESTION_CHARS": "1", "MAX_NEW_TOKENS": "1", "TEMPERATURE": "2.0"})
+    assert (s.retrieval_timeout_s, s.default_retriever, s.endpoint_model, s.endpoint_sequence_length, s.filterable_fields, s.serve_base) == (
+        5.0, "kb", "", None, (), True)
+    assert (s.max_top_k, s.default_top_k, s.max_question_chars, s.max_new_tokens, s.temperature) == (1, 1, 1, 1, 2.0)
+    assert Settings.from_env({**ENV, "SERVE_BASE": "false", "TEMPERATURE": "0"}).serve_base is False
+    assert Settings.local(filterable_fields=" a, ,b ,").filterable_fields == ("a", "b")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"default_generator": ""}, "default_generator must be a generator name or 'auto'"),
+    ({"default_generator": None}, "default_generator must be a generator name or 'auto'"),
+    ({"filterable_fields": "a,b"}, "filterable_fields must be a tuple of field names, not a string"),
+    ({"temperature": float("inf")}, "temperature=inf must be within 0.0..2.0"),
+])
+def test_settings_made_in_code_are_checked_too(kwargs, message):
+    with pytest.raises(SettingsError) as error:
+        Settings(**kwargs)
+    assert str(error.value) == message

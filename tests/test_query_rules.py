@@ -327,3 +327,87 @@ def test_a_generation_without_usage_is_reported_as_unknown(local):
     local(Quiet("llm"), managed_rag=None)
     assert call({"question": "q"})[1]["usage"] == {"input_tokens": None, "output_tokens": None}
 
+
+
+# --- the deployed handler made from its environment; failures; health; mode kb's filters --------
+
+from query import aws_backend  # noqa: E402
+from tests.test_query_helpers import ENV, MODEL_ARN, wired  # noqa: E402,F401  (wired is a fixture)
+
+
+def test_the_deployed_handler_builds_its_backend_from_the_environment(monkeypatch):
+    for name, value in {**ENV, "ENDPOINT_NAME": "", "ENDPOINT_POWER_PARAMETER": "", "DEFAULT_GENERATOR": "bedrock"}.items():
+        monkeypatch.setenv(name, value)
+    handler.configure()
+    try:
+        status, body, _ = call(method="GET", resource="/health")  # no model call: statuses only
+        assert status == 200 and body["default_generator"] == "bedrock" and body["retrievers"] == ["kb", "opensearch"]
+        assert body["generators"]["finetuned"]["available"] is False and body["generators"]["bedrock"]["model"] == "amazon.nova-lite-v1:0"
+        bedrock = handler._backend.generators["bedrock"].clients.bedrock  # made on first use, with the stage's region and timeout
+        assert bedrock.meta.region_name == "us-east-1" and bedrock.meta.config.read_timeout == 20.0
+    finally:
+        handler.configure()
+
+
+def test_routes_follow_the_resource_not_the_stage_prefixed_path(local):
+    local(FakeGenerator("llm"))
+    evt = event({"question": "q"})
+    evt["path"] = "/prod/query"  # API Gateway's path carries the stage; the resource is the route
+    assert handler.main(evt, None)["statusCode"] == 200
+
+
+def test_a_long_lambda_request_id_is_cut_to_128(local):
+    local(FakeGenerator("llm"))
+    evt = event({"question": "q"})
+    del evt["requestContext"]
+    context = Context()
+    context.aws_request_id = "z" * 300
+    assert handler.main(evt, context)["headers"]["X-Request-Id"] == "z" * 128
+
+
+def test_a_failure_is_logged_with_its_request_generator_and_fields_and_not_as_served(local, monkeypatch, caplog):
+    gens = local(FakeGenerator("llm"))
+
+    def fail(*args, **kwargs):
+        raise api.UpstreamError("model", 503)
+
+    monkeypatch.setattr(gens["llm"], "generate", fail)
+    assert call({"question": "Why?", "mode": "prompt"})[0] == 503
+    (failed,) = [r for r in caplog.records if r.getMessage() == "request failed"]
+    assert (failed.request_id, failed.generator, failed.mode, failed.question_chars) == ("req-123", "llm", "prompt", 4)
+    assert not [r for r in caplog.records if r.getMessage() == "query served"]
+
+
+def test_health_under_auto_with_nothing_available_has_no_default(local):
+    local(FakeGenerator("a", available=False), FakeGenerator("b", available=False), managed_rag=lambda **kw: None)
+    status, body, _ = call(method="GET", resource="/health")
+    assert status == 200 and body == {
+        "status": "ok", "prompt_version": service.prompts.PROMPT_VERSION, "default_generator": None, "default_generator_setting": "auto",
+        "default_retriever": "kb", "retrievers": ["kb", "opensearch"], "modes": ["rag", "kb", "prompt"],
+        "generators": {"a": {"available": False, "model": "local:a", "version": None, "reason": None},
+                       "b": {"available": False, "model": "local:b", "version": None, "reason": None}}}
+
+
+def test_a_default_the_backend_does_not_know_names_the_ones_it_has():
+    backend = Backend(retrievers={}, generators={"llm": FakeGenerator("llm"), "x": FakeGenerator("x")})
+    with pytest.raises(SettingsError, match=r"^default generator 'finetuned' is not one of \('llm', 'x'\)$"):
+        service.choose_generator(None, Settings.local(default_generator="finetuned"), backend)
+
+
+def test_mode_kb_filters_the_managed_retrieval(wired):
+    stubs = wired(DEFAULT_GENERATOR="bedrock")
+    stubs.agent.add_response("retrieve_and_generate", {"output": {"text": "A."}, "sessionId": "s-1", "citations": []}, {
+        "input": {"text": "q"},
+        "retrieveAndGenerateConfiguration": {"type": "KNOWLEDGE_BASE", "knowledgeBaseConfiguration": {
+            "knowledgeBaseId": ENV["KNOWLEDGE_BASE_ID"], "modelArn": MODEL_ARN,
+            "retrievalConfiguration": {"vectorSearchConfiguration": {"numberOfResults": 3, "overrideSearchType": "SEMANTIC",
+                                                                     "filter": {"equals": {"key": "year", "value": 2020}}}},
+            "generationConfiguration": {"inferenceConfig": {"textInferenceConfig": {"maxTokens": 256, "temperature": 0.2}}}}}})
+    assert call({"question": "q", "mode": "kb", "filters": {"year": 2020}})[0] == 200
+    stubs.verify()
+
+
+def test_prompt_mode_reports_no_retrieval_time(local, monkeypatch):
+    monkeypatch.setattr(handler.time, "perf_counter", FakeClock())
+    local(FakeGenerator("llm"))
+    assert call({"question": "q", "mode": "prompt"})[1]["timings_ms"] == {"retrieve": 0.0, "generate": 250.0, "total": 750.0}

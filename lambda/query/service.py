@@ -118,14 +118,6 @@ def choose_generator(requested: Optional[str], settings: Settings, backend: Back
     return Chosen(name, generator, status)
 
 
-def default_generator_name(settings: Settings, backend: Backend) -> Optional[str]:
-    """The name `auto` (or the configured default) resolves to now, or None if it is not available."""
-    try:
-        return choose_generator(None, settings, backend).name
-    except GeneratorUnavailable:
-        return None
-
-
 def health(settings: Settings, backend: Backend) -> dict[str, Any]:
     """GET /health: what this target serves (no model is called; statuses may be cached)."""
     statuses = {name: generator.status() for name, generator in backend.generators.items()}
@@ -157,7 +149,7 @@ def answer(request: QueryRequest, settings: Settings, backend: Backend, *, obser
     """
     observe = {} if observe is None else observe
     started = time.perf_counter()
-    retrieve_ms: Optional[float] = None
+    retrieve_ms = 0.0  # no retrieval in modes kb and prompt
     if request.mode == "kb":
         if backend.managed_rag is None:
             raise ApiError(400, f"mode: {KB_MODE_NEEDS_DEPLOYED_STAGE}", field="mode")
@@ -193,7 +185,7 @@ def answer(request: QueryRequest, settings: Settings, backend: Backend, *, obser
         )
         generate_ms = observe["generate_ms"] = _ms(generate_started)
         text = generation.text
-        cited = citations.rag_citations(text, passages) if request.mode == "rag" else []
+        cited = citations.rag_citations(text, passages)  # mode prompt has no passages: nothing to cite
         usage = {"input_tokens": generation.input_tokens, "output_tokens": generation.output_tokens}
         generator_name, model, version = chosen.name, chosen.status.model, chosen.status.version
     return {
@@ -204,7 +196,7 @@ def answer(request: QueryRequest, settings: Settings, backend: Backend, *, obser
         "model": model,
         "model_version": version,
         "timings_ms": {
-            "retrieve": round(retrieve_ms or 0.0, 1),
+            "retrieve": round(retrieve_ms, 1),
             "generate": round(generate_ms, 1),
             "total": round(_ms(started), 1),
         },
