@@ -266,6 +266,8 @@ def test_every_urllib3_failure_class_maps_to_one_transport_error(error, kind, wo
     mapped = http.transport_error(error, method="GET", path="/i", timeout_s=3.0)
     assert type(mapped) is kind
     assert str(mapped).startswith("GET /i: ") and words in str(mapped)
+    if kind is OpenSearchConnectionError:  # the cause is named: the failure's class and its text
+        assert str(mapped).endswith(f"({type(error).__name__}: {error})") or str(mapped).endswith("...)")
 
 
 def test_long_reasons_are_cut():

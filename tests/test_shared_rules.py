@@ -124,7 +124,7 @@ def test_a_server_failure_is_logged_in_full_with_its_aws_code_and_stack(caplog):
         "ERROR", "request failed", 500, "r-3", "ClientError")
     assert record.aws_error_code == "AccessDeniedException" and record.mode == "rag"
     assert record.error == "An error occurred (AccessDeniedException) when calling the Converse operation: detail"
-    assert record.stack.startswith("Traceback (most recent call last):\n") and "botocore.exceptions.ClientError" in record.stack
+    assert record.stack.startswith('Traceback (most recent call last):\n  File "') and "botocore.exceptions.ClientError" in record.stack
 
 
 def test_a_client_error_is_logged_briefly_and_long_texts_are_cut(caplog):
@@ -318,3 +318,59 @@ def test_a_long_transport_reason_is_cut_to_200_characters():
     assert opensearch_http._reason(ValueError("x" * 188)) == "ValueError: " + "x" * 188  # exactly 200
     cut = opensearch_http._reason(ValueError("x" * 189))
     assert cut == "ValueError: " + "x" * 185 + "..." and len(cut) == 200
+
+
+def test_logs_and_metrics_are_named_from_the_environment_once_per_container(monkeypatch):
+    monkeypatch.setattr(observability, "_logger", None)
+    monkeypatch.setattr(observability, "_metrics", None)
+    monkeypatch.delenv("POWERTOOLS_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("POWERTOOLS_METRICS_NAMESPACE", raising=False)
+    logger, metrics = observability.logger(), observability.metrics()
+    assert (logger.service, metrics.namespace) == ("rag", "Rag")
+    assert observability.logger() is logger and observability.metrics() is metrics
+    monkeypatch.setattr(observability, "_logger", None)
+    monkeypatch.setattr(observability, "_metrics", None)
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "query")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "RagQuery")
+    assert (observability.logger().service, observability.metrics().namespace) == ("query", "RagQuery")
+
+
+def test_log_times_are_utc_whatever_the_machines_zone(monkeypatch, capsys):
+    import time
+
+    monkeypatch.setattr(observability, "_logger", None)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        logger = observability.logger()
+        for handler in logger.handlers:  # Powertools writes to the stdout it found when made
+            monkeypatch.setattr(handler, "stream", __import__("sys").stdout)
+        logger.info("tick")
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    (line,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"tick"' in line]
+    assert line["timestamp"].endswith("+0000")
+
+
+def test_a_failure_with_an_odd_response_attribute_is_still_logged(caplog):
+    class Odd(Exception):
+        response = {"ResponseMetadata": {}}
+
+    try:
+        raise Odd("x")
+    except Odd as error:
+        observability.log_failure(error, status=502, request_id="r")
+    record = failure(caplog)
+    assert record.error_type == "Odd" and not hasattr(record, "aws_error_code")
+    lines = record.stack.splitlines()
+    assert lines[0] == "Traceback (most recent call last):" and lines[1].startswith('  File "') and lines[-1].endswith("Odd: x")
+
+
+def test_the_sdk_region_is_the_sessions(monkeypatch):
+    class Session:
+        def get_config_variable(self, name):
+            return {"region": "eu-west-3"}.get(name)
+
+    monkeypatch.setattr(aws_clients, "_session", Session())
+    assert aws_clients.region() == "eu-west-3"
