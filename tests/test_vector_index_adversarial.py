@@ -895,3 +895,29 @@ def test_an_audit_logging_failure_is_logged_for_the_operator(pool, caplog):
 def test_a_long_value_in_a_message_is_cut_to_300_characters():
     assert vi._short("y" * 300) == "y" * 300 and vi._short("y" * 301) == "y" * 300 + "..."
     assert vi._short(["z"]) == "['z']"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"VectorField": "  "}, "property VectorField is required, got   "),
+    ({"IndexName": ""}, "property IndexName is required (a lowercase index name), got "),
+    ({"Endpoint": 5}, "property Endpoint must be the domain's https:// URL, got 5"),
+])
+def test_a_missing_property_shows_what_it_was(overrides, message):
+    with pytest.raises(vi.ResourceError) as error:
+        vi.IndexSpec.from_properties(props(**overrides))
+    assert str(error.value) == message
+
+
+def test_a_metadata_field_of_another_type_is_shown():
+    found, _ = vi.mapping_problems({"settings": {"index": {"knn": "true"}}, "mappings": {"properties": {
+        "embedding": vector(method={"engine": "faiss", "name": "hnsw"}), "text": {"type": "text"}, "metadata": {"type": "keyword"},
+        "category": {"type": "keyword"}, "collection": {"type": "keyword"}}}}, SPEC)
+    assert found == ["metadata field 'metadata' is {'type': 'keyword'}, wanted type 'text'"]
+
+
+def test_an_owner_record_that_is_not_text_is_no_owner(pool):
+    index = existing(owner=None)
+    index["rag-documents"]["mappings"]["_meta"] = {"managed_by": 5}
+    pool.on("GET", "/rag-documents", (200, index))
+    delete()
+    assert pool.calls()[-1] == "DELETE /rag-documents"
