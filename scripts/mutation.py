@@ -156,25 +156,28 @@ def _header_name_case(original: ast.AST, mutant: ast.AST, changed: list[str]) ->
 ARGPARSE_CALLS = {"ArgumentParser", "add_argument", "add_argument_group", "add_mutually_exclusive_group"}
 
 
+def _call_name(call: ast.Call) -> str:
+    return getattr(call.func, "attr", getattr(call.func, "id", ""))
+
+
 def _help_text_only(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
     """Only a help/description text (or a group title) of an argparse call changed or went away."""
     found = _differences(_named(original, ""), _named(mutant, ""))
     if len(found) != 1:
         return False
     left, right, parents = found[0]
-    chain = list(parents) + ([left] if isinstance(left, ast.AST) else [])
-    call = next((node for node in reversed(chain) if isinstance(node, ast.Call)), None)
-    name = getattr(call.func, "attr", getattr(call.func, "id", "")) if call else ""
-    if name not in ARGPARSE_CALLS:
-        return False
-    if isinstance(left, ast.Call) and isinstance(right, ast.Call):  # a keyword removed
+    if isinstance(left, ast.Call) and isinstance(right, ast.Call) and len(left.keywords) != len(right.keywords):  # a keyword removed
         kept = {k.arg: ast.dump(k.value) for k in right.keywords}
         gone = [k.arg for k in left.keywords if kept.get(k.arg) != ast.dump(k.value)]
-        return len(right.keywords) == len(left.keywords) - 1 and len(right.args) == len(left.args) and gone in (["help"], ["description"])
-    keyword = next((node for node in reversed(chain) if isinstance(node, ast.keyword)), None)
-    if keyword is not None:
-        return keyword.arg in ("help", "description")
-    return name == "add_argument_group" and bool(call.args) and any(node is call.args[0] for node in chain)
+        return _call_name(left) in ARGPARSE_CALLS and len(right.args) == len(left.args) and gone in (["help"], ["description"])
+    for index in range(len(parents) - 1, -1, -1):  # the innermost keyword or argument of an argparse call
+        node = parents[index]
+        if isinstance(node, ast.keyword):
+            call = next((p for p in reversed(parents[:index]) if isinstance(p, ast.Call)), None)
+            return node.arg in ("help", "description") and call is not None and _call_name(call) in ARGPARSE_CALLS
+        if isinstance(node, ast.Call) and _call_name(node) == "add_argument_group":
+            return bool(node.args) and (node.args[0] is left or node.args[0] in parents[index + 1:])
+    return False
 
 
 EQUIVALENT = [

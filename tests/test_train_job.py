@@ -309,12 +309,14 @@ def test_a_dry_run_never_prints_what_json_cannot_read(monkeypatch):
 def test_every_rank_trains_and_only_rank_0_finalizes(monkeypatch, tmp_path, rank, finalized):
     calls = []
     monkeypatch.setattr(train, "train", lambda args, report: calls.append(("train", args.base_model_dir, len(report.records))) or tmp_path / "final")
-    monkeypatch.setattr(train, "finalize", lambda args, final, plan, report: calls.append(("finalize", final, plan["base_model"]["checked"])))
+    monkeypatch.setattr(train, "finalize", lambda args, final, plan, report: calls.append(
+        ("finalize", args.base_model_dir, final, plan["base_model"]["checked"], len(report.records))))
     env = {} if rank is None else {"RANK": rank}
     assert train.main(["--train_dir", str(SAMPLE), "--base_model_dir", str(base_folder(tmp_path, {"model_type": "qwen3"}, "m.safetensors",
                                                                                          "tokenizer.json"))], env=env) == 0
     records = len(data_format.validate_files([SAMPLE]).records)
-    assert calls == [("train", str(tmp_path / "base"), records)] + ([("finalize", tmp_path / "final", True)] if finalized else [])
+    assert calls == [("train", str(tmp_path / "base"), records)] + (
+        [("finalize", str(tmp_path / "base"), tmp_path / "final", True, records)] if finalized else [])
 
 
 def test_a_job_without_a_base_model_or_with_bad_input_stops_before_training(monkeypatch, caplog, tmp_path):
@@ -344,3 +346,81 @@ def test_finalize_twice_into_existing_folders(tmp_path, monkeypatch):
     for _ in range(2):
         train.finalize(args, final, {"optimum_neuron": {}}, report)
     assert (tmp_path / "model" / "model.safetensors").read_text() == "weights"
+
+
+def plan_for(*argv: str, report=None, installed=None, monkeypatch=None):
+    args = train.parse_args(list(argv), env={})
+    return train.make_plan(args, report if report is not None else data_format.validate_files([SAMPLE]), {"checked": False})
+
+
+def test_the_plan_shows_parallelism_batches_and_steps(monkeypatch):
+    monkeypatch.setattr(train, "installed_optimum_neuron", lambda: "0.4.1")
+    report = data_format.validate_files([SAMPLE])
+    plan = plan_for("--neuron_cores", "4", "--tensor_parallel_size", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
+                    "3", "--num_train_epochs", "2", "--serving_batch_size", "8", "--serving_sequence_length", "2048",
+                    "--serving_tensor_parallel_size", "2", "--serving_optimum_neuron_version", "0.4.1", report=report)
+    steps_per_epoch = -(-len(report.records) // 12)
+    assert plan == {
+        "data": report.summary(), "base_model": {"checked": False}, "hyperparameters": train.hyperparameters_of(train.parse_args(
+            ["--neuron_cores", "4", "--tensor_parallel_size", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "3",
+             "--num_train_epochs", "2", "--serving_batch_size", "8", "--serving_sequence_length", "2048", "--serving_tensor_parallel_size", "2",
+             "--serving_optimum_neuron_version", "0.4.1"], env={})),
+        "parallelism": {"neuron_cores": 4, "tensor_parallel": 2, "data_parallel": 2, "global_batch_sequences": 12},
+        "outputs": {"model": "/opt/ml/model", "work": "/opt/ml/work"},
+        "steps": ["validate", "train (LoRA)", "save shards", "consolidate adapter", "merge adapter into base", "compile for inf2"],
+        "optimum_neuron": {"installed": "0.4.1", "serving": "0.4.1"},
+        "estimated_optimizer_steps": int(steps_per_epoch * 2 + 0.999),
+        "compile": {"instance_type": "inf2", "batch_size": 8, "sequence_length": 2048, "tensor_parallel_size": 2},
+    }
+    assert type(plan["parallelism"]["data_parallel"]) is int and type(plan["parallelism"]["global_batch_sequences"]) is int
+    assert plan["hyperparameters"]["learning_rate"] == 0.0002 and plan["hyperparameters"]["num_train_epochs"] == 2.0
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--neuron_cores", "2", "--max_steps", "1"], 1),
+    (["--neuron_cores", "2", "--max_steps", "0", "--num_train_epochs", "3"], 3),  # not positive: the epochs decide
+    (["--neuron_cores", "2", "--num_train_epochs", "0.5"], 1),
+])
+def test_estimated_steps_of_an_empty_dataset_are_at_least_one_per_epoch(argv, expected):
+    assert plan_for(*argv, report=data_format.DataReport())["estimated_optimizer_steps"] == expected
+
+
+def test_a_plan_without_whole_data_parallelism_estimates_nothing_and_copies_the_merged_model():
+    plan = plan_for("--neuron_cores", "3", "--tensor_parallel_size", "2", "--compile_for_inference", "false")
+    assert plan["parallelism"] == {"neuron_cores": 3, "tensor_parallel": 2, "data_parallel": None}
+    assert "estimated_optimizer_steps" not in plan and "compile" not in plan and plan["steps"][-1] == "copy merged model"
+    assert plan["optimum_neuron"]["serving"] is None
+
+
+def test_the_installed_optimum_neuron_version_is_read_from_its_distribution(monkeypatch):
+    def version(name):
+        if name != "optimum-neuron":
+            raise train.metadata.PackageNotFoundError(name)
+        return "0.4.1"
+
+    monkeypatch.setattr(train.metadata, "version", version)
+    assert train.installed_optimum_neuron() == "0.4.1"
+    monkeypatch.setattr(train.metadata, "version", lambda name: (_ for _ in ()).throw(train.metadata.PackageNotFoundError(name)))
+    assert train.installed_optimum_neuron() is None
+
+
+@pytest.mark.parametrize("value, expected", [("yes", True), ("1", True), ("True", True), ("no", False), ("0", False), (" FALSE ", False)])
+def test_booleans_as_people_and_sagemaker_write_them(value, expected):
+    assert train.str2bool(value) is expected
+
+
+def test_the_tokenizer_and_the_base_come_from_the_base_model_folder(neuron, tmp_path, monkeypatch):
+    seen = []
+    tokenizer = Tokenizer()
+    monkeypatch.setattr(sys.modules["transformers"].AutoTokenizer, "from_pretrained", lambda path: seen.append(path) or tokenizer)
+    train.train(args_for(tmp_path), data_format.validate_files([SAMPLE]))
+    train.merge_adapter("/base", tmp_path / "adapter", tmp_path / "merged")
+    assert seen == ["/base", "/base"]
+
+
+def test_validating_nothing_names_no_file(tmp_path):
+    assert [str(p) for p in data_format.validate_files([]).errors] == ["-:0: no training records"]
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_bytes(b"")
+    second.write_bytes(b"")
+    assert [str(p) for p in data_format.validate_files([first, second]).errors] == [f"{first},{second}:0: no training records"]

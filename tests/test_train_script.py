@@ -136,9 +136,10 @@ def test_bad_hyperparameters_are_rejected(argv, capsys):
 
 
 def test_defaults_come_from_the_sagemaker_environment():
-    env = {"SM_CHANNEL_TRAIN": "/opt/ml/input/data/train", "SM_CHANNEL_BASE_MODEL": "/opt/ml/input/data/base_model", "SM_MODEL_DIR": "/opt/ml/model", "SM_NUM_NEURONS": "32", "SM_HOSTS": '["algo-1", "algo-2"]'}
+    env = {"SM_CHANNEL_TRAIN": "/opt/ml/input/data/train", "SM_CHANNEL_BASE_MODEL": "/opt/ml/input/data/base_model", "SM_MODEL_DIR": "/opt/ml/output-model", "SM_NUM_NEURONS": "32", "SM_HOSTS": '["algo-1", "algo-2"]'}
     args = train.parse_args([], env=env)
-    assert (args.train_dir, args.base_model_dir, args.model_dir) == ("/opt/ml/input/data/train", "/opt/ml/input/data/base_model", "/opt/ml/model")
+    # not the default /opt/ml/model: the value must come from SM_MODEL_DIR
+    assert (args.train_dir, args.base_model_dir, args.model_dir) == ("/opt/ml/input/data/train", "/opt/ml/input/data/base_model", "/opt/ml/output-model")
     assert not hasattr(args, "checkpoint_dir")  # no resume in optimum-neuron 0.4.1: nothing to checkpoint
     assert args.neuron_cores == 64
     assert train.parse_args([], env={**env, "WORLD_SIZE": "32"}).neuron_cores == 32  # torchrun's view wins

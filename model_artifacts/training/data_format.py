@@ -233,7 +233,7 @@ def _validate_file(path: Path, report: DataReport, max_length_tokens: int | None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Validate fine-tuning data (JSON Lines, chat or instruction records); reports file:line: problem.")
     parser.add_argument("paths", nargs="+", help="*.jsonl files or directories holding them")
-    parser.add_argument("--max-length", type=int, default=None, help="warn about records longer than this many tokens (estimated)")
+    parser.add_argument("--max-length", type=int, help="warn about records longer than this many tokens (estimated)")
     parser.add_argument("--max-problems", type=int, default=50, help="print at most this many errors and warnings each")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
