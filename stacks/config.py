@@ -280,7 +280,7 @@ class InferenceConfig:
             raise ConfigError(
                 "tensor_parallel_size", self.tensor_parallel_size,
                 f"a {self.model_params_billions:g}B-parameter model ({weights_gb:g} GB of bf16 weights) needs {where} "
-                f"({NEURON_CORE_MEMORY_GB} GB each, {int(NEURON_WEIGHTS_SHARE * 100)}% of it for weights); see model_artifacts/inference/README.md",
+                f"({NEURON_CORE_MEMORY_GB} GB each, {NEURON_WEIGHTS_SHARE:.0%} of it for weights); see model_artifacts/inference/README.md",
             )
         host_gib = INF2_HOST_MEMORY_GIB[self.instance_type]
         if weights_gb * 1.5 > host_gib:

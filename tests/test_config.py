@@ -332,7 +332,8 @@ def test_a_context_without_stages_says_what_it_needs(raw, message):
     {"search": {"filterable_fields": []}}, {"search": {"log_retention_days": 3653}},
     {"inference": {"instance_type": "ml.inf2.24xlarge", "tensor_parallel_size": 12}},
     {"inference": {"instance_type": "ml.inf2.48xlarge", "model_params_billions": 70, "tensor_parallel_size": 24}},
-    {"inference": {"model_params_billions": 5.3}}, {"inference": {"model_params_billions": 0.1, "tensor_parallel_size": 1}},
+    {"inference": {"model_params_billions": 16 / 3}},  # 1.5 x its bf16 weights = exactly the 16 GiB of ml.inf2.xlarge
+    {"inference": {"model_params_billions": 0.1, "tensor_parallel_size": 1}},
     {"inference": {"power_on_schedule": "cron(0 8 ? * MON-FRI *)", "power_off_schedule": "cron(0 20 ? * MON-FRI *)",
                    "schedule_timezone": "America/Argentina/Buenos_Aires"}},
     {"inference": {"enabled": False}, "training": {"auto_deploy": False}},

@@ -355,6 +355,7 @@ from tests.test_query_helpers import ENV  # noqa: E402
     ({"RETRIEVAL_TIMEOUT_S": "soon"}, "environment: environment variable RETRIEVAL_TIMEOUT_S='soon' is not a number"),
     ({"TEMPERATURE": "nan"}, "environment: environment variable TEMPERATURE='nan' is not a finite number"),
     ({"KNOWLEDGE_BASE_ID": ""}, "environment: environment variable KNOWLEDGE_BASE_ID is missing"),
+    ({"EMBEDDING_DIMENSIONS": ""}, "environment: environment variable EMBEDDING_DIMENSIONS is missing"),
     ({"OPENSEARCH_ENDPOINT": "http://search"}, "OPENSEARCH_ENDPOINT must start with https://"),
     ({"MAX_TOP_K": "0"}, "environment: max_top_k=0 must be at least 1"),
     ({"DEFAULT_TOP_K": "11"}, "environment: default_top_k=11 must be within 1..max_top_k=10"),
@@ -378,6 +379,9 @@ def test_optional_variables_and_their_defaults():
         5.0, "kb", "", None, (), True)
     assert (s.max_top_k, s.default_top_k, s.max_question_chars, s.max_new_tokens, s.temperature) == (1, 1, 1, 1, 2.0)
     assert Settings.from_env({**ENV, "SERVE_BASE": "false", "TEMPERATURE": "0"}).serve_base is False
+    # values other than the dataclass's own defaults, so a variable read under another name shows
+    s = Settings.from_env({**ENV, "DEFAULT_RETRIEVER": "opensearch", "GENERATION_TIMEOUT_S": "7.5", "RETRIEVAL_TIMEOUT_S": "2"})
+    assert (s.default_retriever, s.generation_timeout_s, s.retrieval_timeout_s) == ("opensearch", 7.5, 2.0)
     assert Settings.local(filterable_fields=" a, ,b ,").filterable_fields == ("a", "b")
 
 

@@ -311,6 +311,10 @@ def test_a_retriever_the_target_lacks_is_a_400_naming_those_it_has():
     with pytest.raises(api.ApiError) as error:
         service.answer(request, Settings.local(), backend)
     assert (error.value.status, error.value.field, error.value.message) == (400, "retriever", "retriever: must be one of: kb")
+    backend = Backend(retrievers={"kb": lambda **kw: [], "local-files": lambda **kw: []}, generators={"llm": FakeGenerator("llm")})
+    with pytest.raises(api.ApiError) as error:
+        service.answer(request, Settings.local(), backend)
+    assert error.value.message == "retriever: must be one of: kb, local-files"
 
 
 def test_answer_works_without_an_observer():

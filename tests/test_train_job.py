@@ -25,33 +25,40 @@ SAMPLE = ROOT / "model_artifacts" / "training" / "sample_data" / "train.jsonl"
 
 @dataclasses.dataclass
 class NeuronSFTConfig:
-    """optimum-neuron 0.4.1's config (trl 0.11 names): no `max_length`, no `processing_class`."""
+    """optimum-neuron 0.4.1's config (trl 0.11 names): no `max_length`, no `processing_class`.
+    No defaults: an option train.py leaves out (or passes under another name) is a TypeError."""
 
     output_dir: str
-    do_train: bool = False
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    learning_rate: float = 0.0
-    lr_scheduler_type: str = ""
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    per_device_train_batch_size: int = 0
-    gradient_accumulation_steps: int = 0
-    bf16: bool = False
-    tensor_parallel_size: int = 0
-    zero_1: bool = False
-    gradient_checkpointing: bool = False
-    logging_steps: int = 0
-    save_strategy: str = "steps"
-    seed: int = 0
-    report_to: list = dataclasses.field(default_factory=list)
-    packing: bool = False
-    dataset_text_field: str = ""
-    max_seq_length: int = 0
+    do_train: bool
+    num_train_epochs: float
+    max_steps: int
+    learning_rate: float
+    lr_scheduler_type: str
+    warmup_ratio: float
+    weight_decay: float
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    bf16: bool
+    tensor_parallel_size: int
+    zero_1: bool
+    gradient_checkpointing: bool
+    logging_steps: int
+    save_strategy: str
+    seed: int
+    report_to: list
+    packing: bool
+    dataset_text_field: str
+    max_seq_length: int
 
     @property
     def trn_config(self):
         return ("trn", self.tensor_parallel_size)
+
+
+# A later trl's names: `max_length` for `max_seq_length`, the trainer's `processing_class` for `tokenizer`.
+LaterSFTConfig = dataclasses.make_dataclass(
+    "LaterSFTConfig", [(f.name, f.type) for f in dataclasses.fields(NeuronSFTConfig) if f.name != "max_seq_length"] + [("max_length", int)],
+    namespace={"trn_config": NeuronSFTConfig.trn_config})
 
 
 class Recorder:
@@ -79,6 +86,11 @@ class Trainer:
 
     def save_model(self, folder):
         Recorder.calls["saved"] = folder
+
+
+class LaterTrainer(Trainer):
+    def __init__(self, args, model, peft_config, train_dataset, processing_class):
+        super().__init__(args, model, peft_config, train_dataset, processing_class)
 
 
 class Merged:
@@ -144,6 +156,13 @@ def test_every_hyperparameter_reaches_the_trainer_under_the_name_it_reads(neuron
     assert len(rows) == len(report.records) and rows[0] == {"text": "|".join(f"{m['role']}:{m['content']}" for m in report.records[0]["messages"])}
 
 
+def test_a_later_trl_gets_the_sequence_length_and_the_tokenizer_under_its_own_names(neuron, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys.modules["optimum.neuron"], "NeuronSFTConfig", LaterSFTConfig)
+    monkeypatch.setattr(sys.modules["optimum.neuron"], "NeuronSFTTrainer", LaterTrainer)
+    train.train(args_for(tmp_path, "--max_length", "768"), data_format.validate_files([SAMPLE]))
+    assert neuron["trainer"]["args"].max_length == 768 and neuron["trainer"]["tokenizer"].pad_token == "<eos>"
+
+
 def test_bf16_training_loads_the_model_in_bfloat16(neuron, tmp_path):
     train.train(args_for(tmp_path), data_format.validate_files([SAMPLE]))
     assert neuron["model"][2]["torch_dtype"] == "bf16"
@@ -194,11 +213,14 @@ def test_finalize_leaves_the_model_the_adapter_and_the_manifest(tmp_path, monkey
     assert manifest["optimum_neuron"] == {"serving": None, "installed": train.installed_optimum_neuron()}
 
 
-def test_the_manifest_is_sorted_json_ending_in_a_newline(tmp_path):
+def test_the_manifest_is_sorted_indented_json_ending_in_a_newline(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "installed_optimum_neuron", lambda: "0.4.1")
     report = data_format.DataReport(files=[str(SAMPLE)])
-    train.write_manifest(tmp_path / "out", {"b": 1, "a": Path("/x"), "optimum_neuron": {}}, report)
-    text = (tmp_path / "out" / "training_manifest.json").read_text()
-    assert text.endswith("}\n") and list(json.loads(text)) == ["a", "b", "data_sha256", "optimum_neuron"] and json.loads(text)["a"] == "/x"
+    train.write_manifest(tmp_path / "out" / "model", {"b": 1, "a": Path("/x"), "optimum_neuron": {}}, report)  # folders made
+    digest = hashlib.sha256(SAMPLE.read_bytes()).hexdigest()
+    assert (tmp_path / "out" / "model" / "training_manifest.json").read_text() == (
+        '{\n  "a": "/x",\n  "b": 1,\n  "data_sha256": {\n    "%s": "%s"\n  },\n  "optimum_neuron": {\n    "installed": "0.4.1"\n  }\n}\n'
+        % (SAMPLE, digest))
 
 
 def test_the_compile_command_exports_in_bfloat16_for_text_generation(tmp_path):

@@ -242,3 +242,13 @@ def test_no_ml_library_is_imported_on_the_cpu_path():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["valid"] is True
+
+
+def test_validate_warns_of_records_longer_than_max_length_and_checks_the_installed_version(tmp_path, monkeypatch, base_model):
+    monkeypatch.setattr(train, "installed_optimum_neuron", lambda: "0.4.1")
+    long = write_lines(tmp_path / "long.jsonl", chat(("user", "q"), ("assistant", "a" * 4 * 300)))
+    args = train.parse_args(["--train_dir", str(long), "--base_model_dir", str(base_model), "--max_length", "256",
+                             "--serving_sequence_length", "256", "--serving_optimum_neuron_version", "0.4.4"], env={})
+    plan, errors, report = train.validate(args)
+    assert [(p.line, p.message) for p in report.warnings] == [(1, "about 300 tokens: longer than max_length=256, will be truncated")]
+    assert errors == [train.check_serving_version(args, "0.4.1")[0]] and "0.4.4" in errors[0] and "0.4.1 is installed" in errors[0]

@@ -70,15 +70,16 @@ def write(path: Path, data: bytes) -> Path:
 
 def test_lines_are_read_as_written_and_each_problem_has_its_line(tmp_path):
     good = json.dumps(OK_CHAT).encode()
-    path = write(tmp_path / "d.jsonl", good + b"\r\n" + b"  \n" + b'{"messages": [1,  \n' + b"\xff\n" + good)  # no final newline
+    path = write(tmp_path / "d.jsonl", good + b"\r\n" + b"  \n" + b'{"messages": [1,  \n' + b"\xff\n" + good + b"X\n" + good)  # no final newline
     report = data_format.validate_files([path])
     assert [str(p) for p in report.errors] == [
         f"{path}:2: empty line (JSON Lines has one object per line)",
         f"{path}:3: invalid JSON: Expecting value at column 19",  # after the trailing spaces: only the newline is cut
         f"{path}:4: not UTF-8 (invalid start byte at byte 0)",
+        f"{path}:5: invalid JSON: Extra data at column {len(good) + 1}",  # nothing but the line end is cut
     ]
     assert len(report.records) == 2 and report.files == [str(path)]
-    assert [str(w) for w in report.warnings] == [f"{path}:5: duplicate of line 1"]
+    assert [str(w) for w in report.warnings] == [f"{path}:6: duplicate of line 1"]
 
 
 def test_duplicates_are_found_within_a_file_and_counted_as_records(tmp_path):

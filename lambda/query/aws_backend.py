@@ -137,8 +137,8 @@ class BedrockGenerator:
     def __init__(self, settings: Settings, clients: AwsClients):
         self.settings, self.clients = settings, clients
         model = settings.bedrock_model_id
-        prefix, _, rest = (model or "").partition(".")
-        base_model = rest if prefix in GEO_PREFIXES else model
+        prefix, _, rest = str(model).partition(".")
+        base_model = rest if prefix in GEO_PREFIXES else model  # a cross-region profile names its base model
         self._status = GeneratorStatus(self.name, True, model, None, None, BEDROCK_CONTEXT_TOKENS.get(base_model))
 
     def status(self) -> GeneratorStatus:

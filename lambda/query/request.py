@@ -67,7 +67,7 @@ def parse_body(event: dict) -> Any:
 
 
 def _reject_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
+    raise ValueError  # NaN, Infinity, -Infinity: the caller answers "is not valid JSON"
 
 
 def validate(body: Any, settings: Settings, generators: Sequence[str] = DEPLOYED_GENERATORS) -> QueryRequest:

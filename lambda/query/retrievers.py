@@ -128,7 +128,7 @@ def retrieve_opensearch(
     path = f"/{quote(index)}/_search?search_pipeline={quote(pipeline)}"  # names as config allows: nothing else to escape
     response = search(path, body)
     if not response.ok:
-        raise UpstreamError("OpenSearch search", response.status, json.dumps(response.body)[:500])
+        raise UpstreamError("OpenSearch search", response.status, json.dumps(response.body))  # UpstreamError keeps 500 characters
     body = response.body if isinstance(response.body, dict) else {}
     hits = (body.get("hits") or {}).get("hits") or []
     passages = []
