@@ -355,7 +355,6 @@ from tests.test_query_helpers import ENV  # noqa: E402
     ({"RETRIEVAL_TIMEOUT_S": "soon"}, "environment: environment variable RETRIEVAL_TIMEOUT_S='soon' is not a number"),
     ({"TEMPERATURE": "nan"}, "environment: environment variable TEMPERATURE='nan' is not a finite number"),
     ({"KNOWLEDGE_BASE_ID": ""}, "environment: environment variable KNOWLEDGE_BASE_ID is missing"),
-    ({"EMBEDDING_DIMENSIONS": ""}, "environment: environment variable EMBEDDING_DIMENSIONS is missing"),
     ({"OPENSEARCH_ENDPOINT": "http://search"}, "OPENSEARCH_ENDPOINT must start with https://"),
     ({"MAX_TOP_K": "0"}, "environment: max_top_k=0 must be at least 1"),
     ({"DEFAULT_TOP_K": "11"}, "environment: default_top_k=11 must be within 1..max_top_k=10"),
@@ -369,6 +368,12 @@ def test_a_wrong_environment_names_the_variable(overrides, message):
     with pytest.raises(SettingsError) as error:
         Settings.from_env({**ENV, **overrides})
     assert str(error.value) == message
+
+
+def test_an_absent_number_is_missing_not_malformed():
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({k: v for k, v in ENV.items() if k != "EMBEDDING_DIMENSIONS"})
+    assert str(error.value) == "environment: environment variable EMBEDDING_DIMENSIONS is missing"
 
 
 def test_optional_variables_and_their_defaults():

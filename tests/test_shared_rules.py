@@ -339,6 +339,9 @@ def test_log_times_are_utc_whatever_the_machines_zone(monkeypatch, capsys):
     import time
 
     monkeypatch.setattr(observability, "_logger", None)
+    # A logger never configured before: Powertools sets a logger name's formatter only once per process.
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "utc-check")
+    monkeypatch.delitem(__import__("logging").Logger.manager.loggerDict, "utc-check", raising=False)
     monkeypatch.setenv("TZ", "JST-9")  # POSIX form: no tz database needed
     time.tzset()
     try:

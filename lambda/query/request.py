@@ -55,7 +55,7 @@ def parse_body(event: dict) -> Any:
         raise bad("body", "must be a JSON text")
     if event.get("isBase64Encoded"):
         try:
-            raw = base64.b64decode(raw, validate=True).decode("utf-8")
+            raw = base64.b64decode(raw, validate=True).decode()  # UTF-8
         except (binascii.Error, ValueError):
             raise bad("body", "is not valid base64-encoded UTF-8") from None
     if len(raw.encode("utf-8", errors="replace")) > MAX_BODY_BYTES:
@@ -118,7 +118,7 @@ def validate(body: Any, settings: Settings, generators: Sequence[str] = DEPLOYED
 def _is_text(value: str) -> bool:
     """False for text that UTF-8 cannot encode (a lone surrogate, e.g. from a JSON \\ud800 escape)."""
     try:
-        value.encode("utf-8")
+        value.encode()  # UTF-8: fails on a lone surrogate
     except UnicodeEncodeError:
         return False
     return True
