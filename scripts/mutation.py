@@ -153,6 +153,24 @@ def _header_name_case(original: ast.AST, mutant: ast.AST, changed: list[str]) ->
             and isinstance(keyword, ast.keyword) and keyword.arg == "headers")
 
 
+HTTP_METHODS = {"GET", "PUT", "POST", "DELETE", "HEAD", "PATCH"}
+HTTP_CALLS = {"call", "request", "signed_request"}  # Domain.call, urllib3's request, opensearch_http.signed_request
+
+
+def _http_method_case(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
+    """Only the case of an HTTP method name passed to an HTTP call (first argument or method=) changed."""
+    found = _differences(_named(original, ""), _named(mutant, ""))
+    if len(found) != 1:
+        return False
+    left, right, parents = found[0]
+    if not (isinstance(left, str) and isinstance(right, str) and left in HTTP_METHODS and right.upper() == left and len(parents) >= 2):
+        return False
+    constant, holder = parents[-1], parents[-2]
+    if isinstance(holder, ast.keyword):
+        return holder.arg == "method"
+    return isinstance(holder, ast.Call) and bool(holder.args) and holder.args[0] is constant and _call_name(holder) in HTTP_CALLS
+
+
 ARGPARSE_CALLS = {"ArgumentParser", "add_argument", "add_argument_group", "add_mutually_exclusive_group"}
 
 
@@ -188,6 +206,10 @@ EQUIVALENT = [
                          "str.capitalize() to them, HTTP/1.1 field names are case-insensitive): a mutant that only "
                          "changes the case of a header name sends the same request",
      _header_name_case),
+    ("HTTP method case", "urllib3's request() upper-cases the method before sending it and botocore's SigV4 signs "
+                         "method.upper(): a mutant that only lower-cases the method of a signed call sends and signs "
+                         "the same request",
+     _http_method_case),
     ("help text", "the mutant changes only what --help prints (an argparse help or description text, or a group "
                   "title): the options, their types and defaults are unchanged",
      _help_text_only),
