@@ -454,13 +454,19 @@ def test_lasting_transport_failures_fail_within_the_cap_and_say_what_happened(po
         run(event("Update", PhysicalResourceId=PHYSICAL))
 
 
-def test_the_deadline_stops_retries_before_the_attempt_cap(pool):
+@pytest.mark.parametrize("jitter, attempts", [
+    # Pauses drawn at their floor (0.5 s) fit 20 times in 10 s: 21 attempts; at their ceiling
+    # (1 s, then 2 s) the pause after the attempt at t=9 would end past the deadline: 6 attempts.
+    ("floor", 21), ("ceiling", 6),
+])
+def test_the_deadline_stops_retries_before_the_attempt_cap(pool, monkeypatch, jitter, attempts):
     pool.on("GET", "/rag-documents", (503, {}))
+    monkeypatch.setattr(vi.random, "uniform", (lambda low, high: low) if jitter == "floor" else (lambda low, high: high))
     fake = FakeTime()
     with pytest.raises(vi.DomainUnavailable):
         run(event("Create"), fake=fake, remaining_s=10.0, max_attempts=1000, base_delay_s=1.0, max_delay_s=2.0)
     assert fake.now <= 10.0
-    assert 4 <= pool.calls().count("GET /rag-documents") <= 11
+    assert pool.calls().count("GET /rag-documents") == attempts
 
 
 def test_backoff_delays_grow_and_stay_within_their_bounds():
