@@ -52,7 +52,7 @@ class ConfigError(ValueError):
         super().__init__(f"invalid config {key}={value!r}: {allowed}")
 
     def under(self, prefix: str) -> "ConfigError":
-        return ConfigError(f"{prefix}.{self.key}" if self.key else prefix, self.value, self.allowed)
+        return ConfigError(f"{prefix}.{self.key}", self.value, self.allowed)
 
 
 def _one_of(obj: Any, name: str, allowed) -> None:
@@ -168,8 +168,9 @@ class KnowledgeBaseConfig:
         _one_of(self, "chunking_strategy", ("FIXED_SIZE", "HIERARCHICAL", "SEMANTIC", "NONE"))
         _in_range(self, "chunk_max_tokens", 20, 8192)
         _in_range(self, "chunk_overlap_percentage", 1, 99)
-        _in_range(self, "hierarchical_parent_max_tokens", self.chunk_max_tokens + 1, 8192)
-        _in_range(self, "hierarchical_overlap_tokens", 1, self.chunk_max_tokens - 1)
+        if self.chunking_strategy == "HIERARCHICAL":  # only there do parent, child and overlap bound each other
+            _in_range(self, "hierarchical_parent_max_tokens", self.chunk_max_tokens + 1, 8192)
+            _in_range(self, "hierarchical_overlap_tokens", 1, self.chunk_max_tokens - 1)
         _in_range(self, "semantic_breakpoint_percentile", 50, 99)
         _in_range(self, "semantic_buffer_size", 0, 1)
         _in_range(self, "ingestion_batch_window_s", 0, 300)
@@ -279,7 +280,7 @@ class InferenceConfig:
             raise ConfigError(
                 "tensor_parallel_size", self.tensor_parallel_size,
                 f"a {self.model_params_billions:g}B-parameter model ({weights_gb:g} GB of bf16 weights) needs {where} "
-                f"({NEURON_CORE_MEMORY_GB} GB each, {int(NEURON_WEIGHTS_SHARE * 100)}% of it for weights); see model_artifacts/inference/README.md",
+                f"({NEURON_CORE_MEMORY_GB} GB each, {NEURON_WEIGHTS_SHARE:.0%} of it for weights); see model_artifacts/inference/README.md",
             )
         host_gib = INF2_HOST_MEMORY_GIB[self.instance_type]
         if weights_gb * 1.5 > host_gib:
@@ -419,7 +420,7 @@ class StageConfig:
             raise ConfigError("serving.default_generator", default, "'auto' or 'bedrock' when inference.enabled is false (no endpoint to call)")
         if default == "base" and not self.inference.serve_base:
             raise ConfigError("serving.default_generator", default, "not 'base' when inference.serve_base is false (the stage never serves the base model)")
-        if self.inference.enabled and self.serving.max_new_tokens > self.inference.sequence_length // 2:
+        if self.inference.enabled and self.serving.max_new_tokens * 2 > self.inference.sequence_length:
             raise ConfigError(
                 "serving.max_new_tokens", self.serving.max_new_tokens,
                 f"at most half of inference.sequence_length ({self.inference.sequence_length // 2}): the rest holds the prompt",

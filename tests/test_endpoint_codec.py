@@ -9,7 +9,6 @@ import json
 import pytest
 
 from shared.endpoint_codec import (
-    CONTENT_TYPE,
     EndpointPayloadError,
     Generation,
     decode_chat_response,
@@ -60,7 +59,6 @@ def test_request_is_an_openai_chat_completions_body():
     assert body["chat_template_kwargs"] == {"enable_thinking": False}
     # vLLM routes /invocations by shape: `prompt` would make it a completions request.
     assert "prompt" not in body and "inputs" not in body
-    assert CONTENT_TYPE == "application/json"
 
 
 def test_request_omits_empty_model_and_empty_system():
@@ -127,8 +125,7 @@ def test_decode_rejects_what_is_not_an_answer(body, fragment):
         decode_chat_response(body)
 
 
-def test_payload_error_is_a_value_error_and_bad_counts_become_none():
-    assert issubclass(EndpointPayloadError, ValueError)
+def test_bad_counts_become_none():
     answer = json.loads(json.dumps(CHAT_COMPLETION))
     answer["usage"] = {"prompt_tokens": "412", "completion_tokens": True}
     generation = decode_chat_response(_body(answer))

@@ -227,7 +227,7 @@ def test_the_endpoint_log_group_goes_with_the_stack_so_a_redeploy_can_create_it_
 
 def test_stack_exposes_what_serving_needs(synth):
     stack = synth.stage("dev").inference
-    assert isinstance(stack, InferenceStack) and stack.endpoint_name == "ragdev-generator"
+    assert stack.endpoint_name == "ragdev-generator"
     statement = stack.invoke_statement().to_statement_json()
     assert statement["Action"] == "sagemaker:InvokeEndpoint"
     assert stack.resolve(statement["Resource"])["Fn::Join"][1][-1] == ":endpoint/ragdev-generator"

@@ -226,8 +226,9 @@ def test_a_stopped_job_is_an_operator_decision(bedrock):
     assert result == {"batchItemFailures": []} and tally == Counter({ingest.JOBS_STOPPED: 1})
 
 
-def test_a_vanished_job_is_not_checked_again_and_a_throttled_check_is_retried(bedrock):
-    bedrock.stub.add_client_error("get_ingestion_job", service_error_code="ResourceNotFoundException", http_status_code=404)
+@pytest.mark.parametrize("gone", ["ResourceNotFoundException", "ValidationException"])  # the job, or its replaced knowledge base
+def test_a_vanished_job_is_not_checked_again_and_a_throttled_check_is_retried(bedrock, gone):
+    bedrock.stub.add_client_error("get_ingestion_job", service_error_code=gone, http_status_code=404 if "NotFound" in gone else 400)
     bedrock.stub.add_client_error("get_ingestion_job", service_error_code="ThrottlingException", http_status_code=429)
     records = [check_record("c1", job_id="JOBAAAAAAA"), check_record("c2", job_id="JOBBBBBBBB")]
     assert run(records, bedrock)[0] == {"batchItemFailures": [{"itemIdentifier": "c2"}]}
@@ -248,6 +249,158 @@ def test_changes_and_checks_in_one_batch(bedrock):
     assert [s["body"]["detail"]["ingestionJobId"] for s in sqs.sent] == ["JOBNEW0001"]
 
 
+# --- limits, counts and what failed ---------------------------------------------------------------
+
+
+def test_a_sync_is_deferred_up_to_the_last_allowed_deferral(bedrock):
+    bedrock.stub.add_client_error("start_ingestion_job", service_error_code="ConflictException", http_status_code=409)
+    sqs = FakeSqs()
+    result, _ = run([own_record("d1", ingest.SYNC_WANTED, {"deferrals": SETTINGS.max_waits - 1, "changes": 1})], bedrock, sqs)
+    assert result == {"batchItemFailures": []}
+    assert sqs.sent[0]["body"]["detail"] == {"deferrals": SETTINGS.max_waits, "changes": 1}
+
+
+def test_a_running_job_is_checked_up_to_the_last_allowed_check(bedrock):
+    expect_get(bedrock, "STOPPING")
+    sqs = FakeSqs()
+    result, tally = run([check_record("c1", checks=SETTINGS.max_waits - 2)], bedrock, sqs)
+    assert result == {"batchItemFailures": []} and not tally[ingest.JOBS_FAILED]
+    assert sqs.sent[0]["body"]["detail"]["checks"] == SETTINGS.max_waits - 1
+
+
+def test_a_failed_job_is_retried_on_its_last_allowed_attempt(bedrock):
+    last = SETTINGS.max_job_retries
+    expect_get(bedrock, "FAILED")
+    expect_start(bedrock, f"retry {last} of ingestion job JOB1234567", job_id="JOB7654321")
+    sqs = FakeSqs()
+    result, tally = run([check_record("c1", attempt=last - 1)], bedrock, sqs)
+    assert result == {"batchItemFailures": []} and tally == Counter({ingest.JOB_RETRIES: 1})
+    assert sqs.sent[0]["body"]["detail"] == {"ingestionJobId": "JOB7654321", "attempt": last, "checks": 0}
+
+
+def test_counts_add_up_over_the_jobs_of_a_batch(bedrock):
+    statistics = {"numberOfNewDocumentsIndexed": 1, "numberOfModifiedDocumentsIndexed": 2, "numberOfDocumentsDeleted": 3,
+                  "numberOfDocumentsFailed": 4}
+    expect_get(bedrock, "COMPLETE", job_id="JOBAAAAAAA", statistics=statistics)
+    expect_get(bedrock, "COMPLETE", job_id="JOBBBBBBBB", statistics=statistics)
+    expect_get(bedrock, "STOPPED", job_id="JOBCCCCCCC")
+    expect_get(bedrock, "STOPPED", job_id="JOBDDDDDDD")
+    expect_get(bedrock, "FAILED", job_id="JOBEEEEEEE")
+    expect_get(bedrock, "FAILED", job_id="JOBFFFFFFF")
+    expect_get(bedrock, "IN_PROGRESS", job_id="JOBGGGGGGG")
+    for job_id in ("JOBHHHHHHH", "JOBIIIIIII"):
+        expect_get(bedrock, "FAILED", job_id=job_id)
+        expect_start(bedrock, f"retry 1 of ingestion job {job_id}", job_id=job_id[::-1])
+    records = [check_record(f"c{i}", job_id=job_id) for i, job_id in enumerate(["JOBAAAAAAA", "JOBBBBBBBB", "JOBCCCCCCC", "JOBDDDDDDD"])]
+    records += [check_record("c4", job_id="JOBEEEEEEE", attempt=2), check_record("c5", job_id="JOBFFFFFFF", attempt=2),
+                check_record("c6", job_id="JOBGGGGGGG", checks=SETTINGS.max_waits - 1),
+                check_record("c7", job_id="JOBHHHHHHH"), check_record("c8", job_id="JOBIIIIIII"), "bad", None]
+    result, tally = run(records, bedrock)
+    assert result == {"batchItemFailures": []}
+    assert tally == Counter({ingest.JOBS_COMPLETED: 2, ingest.DOCUMENTS_INDEXED: 6, ingest.DOCUMENTS_DELETED: 6, ingest.DOCUMENTS_FAILED: 8,
+                             ingest.JOBS_STOPPED: 2, ingest.JOBS_FAILED: 3, ingest.JOB_RETRIES: 2, ingest.MESSAGES_DROPPED: 2})
+
+
+def test_counts_add_to_the_tally_they_are_given(bedrock):
+    tally = Counter({ingest.JOBS_STARTED: 5, ingest.SYNCS_DEFERRED: 5})
+    expect_start(bedrock, "1 change(s): Object Created")
+    bedrock.stub.add_client_error("start_ingestion_job", service_error_code="ThrottlingException", http_status_code=429)
+    for _ in range(2):
+        ingest.process([s3_record("m1", "documents/a.md")], bedrock=bedrock, sqs=FakeSqs(), settings=SETTINGS, tally=tally)
+    assert tally == Counter({ingest.JOBS_STARTED: 6, ingest.SYNCS_DEFERRED: 6})
+
+
+@pytest.mark.parametrize("statistics, indexed", [
+    ({"numberOfNewDocumentsIndexed": 0, "numberOfModifiedDocumentsIndexed": 0}, 0),
+    ({"numberOfNewDocumentsIndexed": -3, "numberOfModifiedDocumentsIndexed": 2}, 2),
+    ({"numberOfNewDocumentsIndexed": True, "numberOfModifiedDocumentsIndexed": "4"}, 0),
+    ({"numberOfNewDocumentsIndexed": 1.5}, 0),
+])
+def test_document_counts_that_are_not_counts_add_nothing(statistics, indexed):
+    tally = Counter()
+    ingest._count_documents(statistics, tally)
+    assert tally == Counter({ingest.DOCUMENTS_INDEXED: indexed, ingest.DOCUMENTS_DELETED: 0, ingest.DOCUMENTS_FAILED: 0})
+
+
+def test_a_failed_message_stays_failed_whatever_follows_it_in_the_batch(bedrock):
+    bedrock.stub.add_client_error("start_ingestion_job", service_error_code="AccessDeniedException", http_status_code=403)
+    bedrock.stub.add_client_error("get_ingestion_job", service_error_code="ThrottlingException", http_status_code=429)
+    expect_get(bedrock, "COMPLETE", job_id="JOBBBBBBBB")
+    records = [s3_record("m1", "documents/a.md"), check_record("c1", job_id="JOBAAAAAAA"), check_record("c2", job_id="JOBBBBBBBB")]
+    assert run(records, bedrock)[0] == {"batchItemFailures": [{"itemIdentifier": "m1"}, {"itemIdentifier": "c1"}]}
+
+
+@pytest.mark.parametrize("status", ["IN_PROGRESS", "FAILED"])
+def test_a_check_that_cannot_be_scheduled_brings_its_message_back(bedrock, status):
+    expect_get(bedrock, status)
+    if status == "FAILED":
+        expect_start(bedrock, "retry 1 of ingestion job JOB1234567", job_id="JOB7654321")
+    assert run([check_record("c1")], bedrock, FakeSqs(fail=True))[0] == {"batchItemFailures": [{"itemIdentifier": "c1"}]}
+
+
+@pytest.mark.parametrize("retry_after_s, delay", [(899, 899), (900, 900), (1000, 900)])
+def test_own_messages_wait_at_most_the_15_minutes_sqs_allows(bedrock, retry_after_s, delay):
+    expect_start(bedrock, "1 change(s): Object Created")
+    sqs = FakeSqs()
+    settings = ingest.Settings(**{**vars(SETTINGS), "retry_after_s": retry_after_s})
+    run([s3_record("m1", "documents/a.md")], bedrock, sqs, settings=settings)
+    assert sqs.sent[0]["DelaySeconds"] == delay
+
+
+def test_the_client_token_of_a_batch_does_not_change_between_versions():
+    """A batch redelivered after a deploy must present the token its first delivery used, or it
+    starts a second job: the derivation is pinned (sha256 of the parts, one per line)."""
+    assert ingest.client_token("sync", "m1", "m2") == "ingest-917ff08a663f4e50bab151f7a3d33085dd5f6722bd881a8a1be892cef84ee511"
+    assert ingest.client_token("sync", "m1\nm2") == ingest.client_token("sync", "m1", "m2")  # ids have no newline (SQS uuids)
+
+
+def test_failed_calls_become_answers_with_their_code_and_a_bounded_detail():
+    def refused(**_):
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "x" * 2000}}, "StartIngestionJob")
+
+    def nameless(**_):
+        raise ClientError({}, "StartIngestionJob")
+
+    def unreachable(**_):
+        raise EndpointConnectionError(endpoint_url="https://bedrock-agent.eu-west-1.amazonaws.com/" + "y" * 1000)
+
+    answer = ingest.call(refused)
+    assert answer.code == "AccessDeniedException" and len(answer.detail) == 500 and "StartIngestionJob" in answer.detail
+    assert ingest.call(nameless).code == "Unknown"
+    answer = ingest.call(unreachable)
+    assert answer.code == "Transport" and len(answer.detail) == 500 and answer.detail.startswith("Could not connect")
+    assert ingest.call(lambda **kw: kw, a=1) == ingest.Answer(result={"a": 1})
+
+
+def test_what_operators_read_in_the_logs(bedrock, caplog):
+    """The failure logs carry what is needed to act: the error, the job, its reasons (bounded)."""
+    bedrock.stub.add_client_error("start_ingestion_job", service_error_code="AccessDeniedException", http_status_code=403,
+                                  service_message="no access to the bucket")
+    run([s3_record("m1", "documents/a.md")], bedrock)
+    (failed,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert failed.error_code == "AccessDeniedException" and "no access to the bucket" in failed.error and failed.messages == 1
+    caplog.clear()
+
+    bedrock.stub.add_client_error("start_ingestion_job", service_error_code="ServiceQuotaExceededException", http_status_code=402)
+    run([s3_record("m1", "documents/a.md")], bedrock)
+    (deferred,) = [r for r in caplog.records if r.getMessage() == "sync deferred"]
+    assert deferred.reason == "the ingestion job quota is reached" and deferred.deferrals == 1
+    caplog.clear()
+
+    expect_get(bedrock, "FAILED", failureReasons=["r" * 800] + [f"reason {i}" for i in range(9)])
+    run([check_record("c1", attempt=SETTINGS.max_job_retries)], bedrock)
+    (exhausted,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert exhausted.failure_reasons == ["r" * 500, "reason 0", "reason 1", "reason 2", "reason 3"]
+    assert (exhausted.ingestion_job_id, exhausted.status, exhausted.attempt) == ("JOB1234567", "FAILED", SETTINGS.max_job_retries)
+    caplog.clear()
+
+    expect_get(bedrock, "FAILED", failureReasons=["embedding model throttled"])
+    expect_start(bedrock, "retry 1 of ingestion job JOB1234567", job_id="JOB7654321")
+    run([check_record("c1")], bedrock)
+    (retried,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert retried.failure_reasons == ["embedding model throttled"] and retried.new_ingestion_job_id == "JOB7654321"
+
+
 # --- adversarial records -------------------------------------------------------------------------
 
 
@@ -255,41 +408,91 @@ def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-@pytest.mark.parametrize("record", [
-    {"messageId": "x1", "body": "{not json"},
-    {"messageId": "x1", "body": nested(100_000)},  # RecursionError in json.loads
-    {"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": json.loads(nested(500))})},
-    {"messageId": "x1", "body": "x" * 1_000_000},
-    {"messageId": "x1", "body": json.dumps(["a", "list"])},
-    {"messageId": "x1", "body": {"already": "a dict"}},
-    {"messageId": "x1", "body": None},
-    {"messageId": 7, "body": "{}"},
-    {"messageId": "", "body": "{}"},
-    {"body": json.dumps({"source": "rag.deploy"})},
-    {"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Restore Completed",
-                                             "detail": {"bucket": {"name": "docs-bucket"}, "object": {"key": "documents/a"}}})},
-    {"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": ["Object Created"], "detail": {}})},
-    {"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": {"bucket": {}}})},
-    {"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": "a string"})},
-    {"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created",
-                                             "detail": {"bucket": {"name": 5}, "object": {"key": None}}})},
-    s3_record("x1", "training/a.jsonl"),
-    s3_record("x1", "documents/a.md", bucket="other-bucket"),
-    own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": "short", "attempt": 0, "checks": 0}),
-    own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": "JOB1234567", "attempt": -1, "checks": 0}),
-    own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": "JOB1234567", "attempt": True, "checks": 0}),
-    own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": "JOB1234567", "attempt": 10**9, "checks": 0}),
-    own_record("x1", ingest.SYNC_WANTED, {"deferrals": "3"}),
-    own_record("x1", ingest.SYNC_WANTED, ["not", "an", "object"]),
-    own_record("x1", "Something else", {}),
-    "not even a dict",
-    None,
+NOT_JSON = "body is not JSON (or nested too deep)"
+NO_FIELDS = "S3 event without detail.bucket.name / detail.object.key"
+BAD_CHECK = "check message without a valid ingestionJobId, attempt and checks"
+NO_ID = "record without messageId"
+S3_BODY = s3_record("x", "documents/a.md")["body"]
+
+
+@pytest.mark.parametrize("record, reason", [
+    ({"messageId": "x1", "body": "{not json"}, NOT_JSON),
+    ({"messageId": "x1", "body": nested(100_000)}, NOT_JSON),  # RecursionError in json.loads
+    ({"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": json.loads(nested(500))})}, NO_FIELDS),
+    ({"messageId": "x1", "body": "x" * 1_000_000}, NOT_JSON),
+    ({"messageId": "x1", "body": json.dumps(["a", "list"])}, "body is not a JSON object"),
+    ({"messageId": "x1", "body": {"already": "a dict"}}, NOT_JSON),
+    ({"messageId": "x1", "body": None}, NOT_JSON),
+    ({"messageId": "x1"}, NOT_JSON),
+    ({"messageId": 7, "body": "{}"}, NO_ID),
+    ({"messageId": 7, "body": S3_BODY}, NO_ID),  # a valid change under an id SQS cannot have sent
+    ({"messageId": "", "body": S3_BODY}, NO_ID),
+    ({"body": json.dumps({"source": "rag.deploy"})}, NO_ID),
+    ({"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Restore Completed",
+                                              "detail": {"bucket": {"name": "docs-bucket"}, "object": {"key": "documents/a"}}})},
+     "not an S3 object event: source='aws.s3' detail-type='Object Restore Completed'"),
+    ({"messageId": "x1", "body": json.dumps({"source": "aws.s4", "detail-type": "Object Created", "detail": {}})},
+     "not an S3 object event: source='aws.s4' detail-type='Object Created'"),
+    ({"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": ["Object Created"], "detail": {}})},
+     "not an S3 object event: source='aws.s3' detail-type=['Object Created']"),
+    ({"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": {"bucket": {}}})}, NO_FIELDS),
+    ({"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": "a string"})}, NO_FIELDS),
+    ({"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created",
+                                              "detail": {"bucket": {"name": 5}, "object": {"key": None}}})}, "S3 event with non-string bucket or key"),
+    ({"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "Object Created",
+                                              "detail": {"bucket": {"name": "docs-bucket"}, "object": {"key": 5}}})}, "S3 event with non-string bucket or key"),
+    (s3_record("x1", "training/a.jsonl"), "object s3://'docs-bucket'/'training/a.jsonl' is outside s3://docs-bucket/documents/"),
+    (s3_record("x1", "documents/a.md", bucket="other-bucket"), "object s3://'other-bucket'/'documents/a.md' is outside s3://docs-bucket/documents/"),
+    (own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": "short", "attempt": 0, "checks": 0}), BAD_CHECK),
+    (own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": 1234567890, "attempt": 0, "checks": 0}), BAD_CHECK),
+    (own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": "JOB1234567", "attempt": -1, "checks": 0}), BAD_CHECK),
+    (own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": "JOB1234567", "attempt": True, "checks": 0}), BAD_CHECK),
+    (own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": "JOB1234567", "attempt": 10**9, "checks": 0}), BAD_CHECK),
+    (own_record("x1", ingest.CHECK_JOB, {"ingestionJobId": "JOB1234567", "attempt": 0, "checks": -1}), BAD_CHECK),
+    (own_record("x1", ingest.SYNC_WANTED, {"deferrals": "3"}), "bad deferrals"),
+    (own_record("x1", ingest.SYNC_WANTED, ["not", "an", "object"]), "rag.ingest message without a detail object"),
+    (own_record("x1", "Something else", {}), "unknown rag.ingest message 'Something else'"),
+    ("not even a dict", "record is not an object"),
+    (None, "record is not an object"),
 ])
-def test_a_bad_record_is_dropped_and_the_valid_one_beside_it_goes_through(bedrock, record):
+def test_a_bad_record_is_dropped_with_its_reason_and_the_valid_one_beside_it_goes_through(bedrock, caplog, record, reason):
     expect_start(bedrock, "1 change(s): Object Created")
     result, tally = run([record, s3_record("good", "documents/a.md")], bedrock)
     assert result == {"batchItemFailures": []}
     assert tally[ingest.MESSAGES_DROPPED] == 1 and tally[ingest.JOBS_STARTED] == 1
+    (dropped,) = [r for r in caplog.records if r.getMessage() == "message dropped"]
+    assert dropped.reason == reason  # what an operator reads to know why a message was ignored
+    message_id = record.get("messageId") if isinstance(record, dict) else None
+    assert dropped.message_id == (message_id if isinstance(message_id, str) else None)
+
+
+def test_a_long_value_in_a_drop_reason_is_cut_to_120_characters():
+    message, reason = ingest.parse_record({"messageId": "x1", "body": json.dumps({"source": "aws.s3", "detail-type": "y" * 500})}, SETTINGS)
+    assert message is None and reason.endswith("detail-type='" + "y" * 119)
+
+
+def test_a_parsing_bug_drops_its_record_instead_of_failing_the_batch(monkeypatch):
+    def broken(record, settings):
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(ingest, "_parse", broken)
+    assert ingest.parse_record(s3_record("m1", "documents/a.md"), SETTINGS) == (None, "unreadable record (ZeroDivisionError)")
+
+
+@pytest.mark.parametrize("value, valid", [(0, True), (ingest.MAX_COUNTER, True), (ingest.MAX_COUNTER + 1, False), (-1, False), (False, False), (1.0, False)])
+def test_counters_in_own_messages_are_small_non_negative_integers(value, valid):
+    check, _ = ingest.parse_record(check_record("c1", attempt=value, checks=value), SETTINGS)
+    deferred, _ = ingest.parse_record(own_record("d1", ingest.SYNC_WANTED, {"deferrals": value}), SETTINGS)
+    if valid:
+        assert check == ingest.Check("c1", "JOB1234567", value, value)
+        assert deferred == ingest.Change("d1", "deferred", deferrals=value)
+    else:
+        assert check is None and deferred is None
+
+
+def test_records_that_are_not_a_list_are_no_batch(bedrock):
+    for records in ({"messageId": "m1", "body": S3_BODY}, "m1", None):
+        assert run(records, bedrock) == ({"batchItemFailures": []}, Counter())
 
 
 class CountingBedrock:
@@ -338,6 +541,10 @@ def test_any_batch_is_answered_and_only_its_own_messages_are_retried(batch):
 def test_settings_come_from_the_environment():
     assert ingest.Settings.from_env(ENV) == SETTINGS
     assert SETTINGS.max_waits == 12
+    other = {**ENV, "RETRY_AFTER_S": "120", "MAX_JOB_RETRIES": "5", "MAX_WAIT_S": "7200"}  # none of them the defaults
+    settings = ingest.Settings.from_env(other)
+    assert (settings.retry_after_s, settings.max_job_retries, settings.max_wait_s, settings.max_waits) == (120, 5, 7200, 60)
+    assert ingest.Settings(**{**vars(SETTINGS), "retry_after_s": 600, "max_wait_s": 300}).max_waits == 1  # at least one wait
 
 
 def test_metric_and_message_names_agree_with_the_stack():
@@ -385,3 +592,32 @@ def test_entry_uses_the_shared_clients_and_publishes_the_metrics(monkeypatch):
     directive = metrics["_aws"]["CloudWatchMetrics"][0]
     assert directive["Namespace"] == "RagIngestion" and sorted(directive["Dimensions"][0]) == ["service", "stage"]
     assert metrics["service"] == "ingest" and metrics["stage"] == "qa" and metrics[ingest.JOBS_STARTED] == [1.0]
+    assert {"Name": ingest.JOBS_STARTED, "Unit": "Count"} in directive["Metrics"]
+
+
+def test_metrics_name_an_unknown_stage_and_nothing_is_written_for_a_quiet_batch(monkeypatch):
+    monkeypatch.delenv("STAGE", raising=False)
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "RagIngestion")
+    monkeypatch.setattr(ingest, "_metrics", None)
+    output = io.StringIO()
+    with redirect_stdout(output):
+        ingest.publish(Counter())
+        assert output.getvalue() == ""
+        ingest.publish(Counter({ingest.MESSAGES_DROPPED: 3}))
+    (metrics,) = [json.loads(line) for line in output.getvalue().splitlines()]
+    assert metrics["stage"] == "unknown" and metrics[ingest.MESSAGES_DROPPED] == [3.0]
+
+
+def test_a_readable_message_has_no_drop_reason_and_keeps_its_key():
+    assert ingest.parse_record(s3_record("m1", "documents/a.md"), SETTINGS) == (ingest.Change("m1", "Object Created", "documents/a.md"), "")
+    assert ingest.parse_record(check_record("c1"), SETTINGS) == (ingest.Check("c1", "JOB1234567", 0, 0), "")
+    assert ingest.parse_record(own_record("d1", ingest.SYNC_WANTED, {"deferrals": 2}), SETTINGS) == (ingest.Change("d1", "deferred", deferrals=2), "")
+    deploy = {"messageId": "m9", "body": json.dumps({"source": "rag.deploy"})}
+    assert ingest.parse_record(deploy, SETTINGS) == (ingest.Change("m9", "deploy"), "")
+
+
+def test_the_started_log_lists_the_changes(bedrock, caplog):
+    expect_start(bedrock, "2 change(s): Object Created, Object Deleted")
+    run([s3_record("m1", "documents/a.md"), s3_record("m2", "documents/b.md", "Object Deleted")], bedrock)
+    (started,) = [r for r in caplog.records if r.getMessage() == "ingestion started"]
+    assert started.changes == ["Object Created documents/a.md", "Object Deleted documents/b.md"] and started.ingestion_job_id == "JOB1234567"

@@ -199,12 +199,14 @@ def test_reset_during_the_tls_handshake_is_a_connection_error(peer):
         call(f"https://127.0.0.1:{server.port}")
 
 
-def test_both_errors_share_the_base_class_and_keep_method_and_path():
-    for error in (OpenSearchTimeout("x", method="PUT", path="/i"), OpenSearchConnectionError("x", method="PUT", path="/i")):
-        assert isinstance(error, OpenSearchTransportError)
-        assert (error.method, error.path) == ("PUT", "/i")
-    assert not issubclass(OpenSearchConnectionError, TimeoutError)
-    assert not issubclass(OpenSearchTimeout, OpenSearchConnectionError)
+def test_callers_map_a_timeout_to_504_and_any_other_transport_error_to_502():
+    """The error mapping matches these classes (shared.api.classify): a timeout is a TimeoutError,
+    a connection error is not, and neither is an HTTP answer."""
+    from shared import api
+
+    assert api.classify(OpenSearchTimeout("PUT /i: no answer within 2s"))[0] == 504
+    assert api.classify(OpenSearchConnectionError("PUT /i: could not connect"))[0] == 502
+    assert api.classify(OpenSearchTransportError("PUT /i: transport error"))[0] == 502
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -264,6 +266,8 @@ def test_every_urllib3_failure_class_maps_to_one_transport_error(error, kind, wo
     mapped = http.transport_error(error, method="GET", path="/i", timeout_s=3.0)
     assert type(mapped) is kind
     assert str(mapped).startswith("GET /i: ") and words in str(mapped)
+    if kind is OpenSearchConnectionError:  # the cause is named: the failure's class and its text
+        assert str(mapped).endswith(f"({type(error).__name__}: {error})") or str(mapped).endswith("...)")
 
 
 def test_long_reasons_are_cut():

@@ -159,7 +159,7 @@ def test_every_script_documents_its_exit_codes():
 
 
 def test_compile_only_start_validates_the_base_model_and_starts(capsys):
-    from tests.test_training_stack import env_variables, s3_stub  # the validator's environment and S3 answers
+    from tests.test_validate_training_input import env_variables, s3_stub  # the validator's environment and S3 answers
 
     session = Session("cloudformation", "lambda", "stepfunctions")
     session.clients["s3"] = _CORE.create_client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")

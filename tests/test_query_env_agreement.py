@@ -104,7 +104,6 @@ def test_the_handler_serves_with_exactly_the_template_environment(template_env, 
         assert settings.endpoint_name == f"rag{stage.name}-generator" and settings.stage == stage.name
         assert settings.bedrock_model_arn == "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-lite-v1:0"  # on demand there
         clients, stubs = make_clients(settings)
-        assert isinstance(clients, aws_backend.AwsClients)
         handler.configure(settings=settings, backend=aws_backend.build(settings, clients))
         stubs.control.add_response("describe_endpoint", described(variants=("finetuned",), config=f"rag{stage.name}-generator-b0-f4-0123abcd"),
                                    {"EndpointName": f"rag{stage.name}-generator"})

@@ -10,7 +10,6 @@ import json
 
 from botocore.stub import ANY
 
-from shared.endpoint_codec import CONTENT_TYPE
 from shared.opensearch_http import OpenSearchResponse
 from tests.test_query_helpers import (  # noqa: F401  (wired is a fixture)
     ENV,
@@ -54,8 +53,8 @@ def test_rag_kb_retriever_endpoint_generator_returns_only_cited_sources_in_order
         {
             "EndpointName": ENV["ENDPOINT_NAME"],
             "TargetVariant": "finetuned",
-            "ContentType": CONTENT_TYPE,
-            "Accept": CONTENT_TYPE,
+            "ContentType": "application/json",
+            "Accept": "application/json",
             "Body": _endpoint_body(['<source n="1" origin="s3://docs/doc1.md">', "Rotation is yearly.", f"Question: {QUESTION}"]),
         },
     )
@@ -181,7 +180,7 @@ def test_prompt_mode_calls_no_retriever(wired):
     stubs.sagemaker.add_response(
         "invoke_endpoint",
         endpoint_response("Probably yearly [1]."),
-        {"EndpointName": ENV["ENDPOINT_NAME"], "TargetVariant": "finetuned", "ContentType": CONTENT_TYPE, "Accept": CONTENT_TYPE, "Body": _endpoint_body([f"Question: {QUESTION}"])},
+        {"EndpointName": ENV["ENDPOINT_NAME"], "TargetVariant": "finetuned", "ContentType": "application/json", "Accept": "application/json", "Body": _endpoint_body([f"Question: {QUESTION}"])},
     )
     status, body, _ = call({"question": QUESTION, "mode": "prompt"})
     assert status == 200, body

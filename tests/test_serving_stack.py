@@ -262,7 +262,6 @@ def test_the_endpoint_name_and_power_parameter_follow_contract_3():
     stage = StageConfig(name="lab")
     assert endpoint_name(stage) == "raglab-generator" and power_parameter("lab") == model_record.power_parameter("lab")
     assert endpoint_name(StageConfig(name="lab", inference=InferenceConfig(enabled=False), serving=ServingConfig(default_generator="bedrock"))) is None
-    assert REQUEST_GENERATORS == ["bedrock", "base", "finetuned"]
 
 
 class _Index:

@@ -136,9 +136,10 @@ def test_bad_hyperparameters_are_rejected(argv, capsys):
 
 
 def test_defaults_come_from_the_sagemaker_environment():
-    env = {"SM_CHANNEL_TRAIN": "/opt/ml/input/data/train", "SM_CHANNEL_BASE_MODEL": "/opt/ml/input/data/base_model", "SM_MODEL_DIR": "/opt/ml/model", "SM_NUM_NEURONS": "32", "SM_HOSTS": '["algo-1", "algo-2"]'}
+    env = {"SM_CHANNEL_TRAIN": "/opt/ml/input/data/train", "SM_CHANNEL_BASE_MODEL": "/opt/ml/input/data/base_model", "SM_MODEL_DIR": "/opt/ml/output-model", "SM_NUM_NEURONS": "32", "SM_HOSTS": '["algo-1", "algo-2"]'}
     args = train.parse_args([], env=env)
-    assert (args.train_dir, args.base_model_dir, args.model_dir) == ("/opt/ml/input/data/train", "/opt/ml/input/data/base_model", "/opt/ml/model")
+    # not the default /opt/ml/model: the value must come from SM_MODEL_DIR
+    assert (args.train_dir, args.base_model_dir, args.model_dir) == ("/opt/ml/input/data/train", "/opt/ml/input/data/base_model", "/opt/ml/output-model")
     assert not hasattr(args, "checkpoint_dir")  # no resume in optimum-neuron 0.4.1: nothing to checkpoint
     assert args.neuron_cores == 64
     assert train.parse_args([], env={**env, "WORLD_SIZE": "32"}).neuron_cores == 32  # torchrun's view wins
@@ -241,3 +242,13 @@ def test_no_ml_library_is_imported_on_the_cpu_path():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["valid"] is True
+
+
+def test_validate_warns_of_records_longer_than_max_length_and_checks_the_installed_version(tmp_path, monkeypatch, base_model):
+    monkeypatch.setattr(train, "installed_optimum_neuron", lambda: "0.4.1")
+    long = write_lines(tmp_path / "long.jsonl", chat(("user", "q"), ("assistant", "a" * 4 * 300)))
+    args = train.parse_args(["--train_dir", str(long), "--base_model_dir", str(base_model), "--max_length", "256",
+                             "--serving_sequence_length", "256", "--serving_optimum_neuron_version", "0.4.4"], env={})
+    plan, errors, report = train.validate(args)
+    assert [(p.line, p.message) for p in report.warnings] == [(1, "about 300 tokens: longer than max_length=256, will be truncated")]
+    assert errors == [train.check_serving_version(args, "0.4.1")[0]] and "0.4.4" in errors[0] and "0.4.1 is installed" in errors[0]

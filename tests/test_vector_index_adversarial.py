@@ -62,7 +62,7 @@ class FakePool:
 
     def request(self, method, url, body=None, headers=None, timeout=None):
         assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDTEST/")
-        path = unquote(urlsplit(url).path)
+        method, path = method.upper(), unquote(urlsplit(url).path)  # urllib3's request() upper-cases the method
         self.sent.append((method, path, json.loads(body) if body else None))
         answers = self.script.get((method, path))
         if not answers:
@@ -202,7 +202,7 @@ def test_create_names_each_missing_required_property(pool, key):
 def test_optional_properties_have_safe_defaults(key, default):
     values = props()
     del values[key]
-    spec = vi.IndexSpec.from_properties(values, REGION)
+    spec = vi.IndexSpec.from_properties(values)
     attribute = {"FilterableFields": "filterable_fields", "NumberOfReplicas": "number_of_replicas", "HybridWeights": "hybrid_weights",
                  "RetainIndex": "retain_index", "AuditLogging": "audit_logging"}[key]
     assert getattr(spec, attribute) == default
@@ -217,7 +217,7 @@ def test_garbage_in_any_property_is_a_resource_error_naming_it(pool, key):
     valid_here = {"FilterableFields": [None, [], ["x"]], "HybridWeights": [None], "RetainIndex": [True], "AuditLogging": [True]}
     for value in [v for v in GARBAGE if not any(v is ok or v == ok for ok in valid_here.get(key, []))]:
         try:
-            vi.IndexSpec.from_properties(props(**{key: value}), REGION)
+            vi.IndexSpec.from_properties(props(**{key: value}))
         except vi.ResourceError as error:
             assert key in str(error), (key, value, str(error))
             assert len(str(error)) < 1200, "huge values are cut in messages"
@@ -245,7 +245,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                                                              "RetainIndex", "AuditLogging"]), JSON, max_size=5))
 def test_any_json_in_the_properties_parses_or_is_a_resource_error(overrides):
     try:
-        spec = vi.IndexSpec.from_properties(props(**overrides), REGION)
+        spec = vi.IndexSpec.from_properties(props(**overrides))
     except vi.ResourceError:
         return
     # Whatever passed is safe to put in a URL and a mapping.
@@ -277,7 +277,7 @@ def test_invalid_index_names_are_refused_before_any_request(pool, name):
 
 @pytest.mark.parametrize("name", ["rag", "rag-documents", "r", "0rag", "rag_v2.1", "a" * 255])
 def test_valid_index_names_pass(name):
-    assert vi.IndexSpec.from_properties(props(IndexName=name), REGION).index_name == name
+    assert vi.IndexSpec.from_properties(props(IndexName=name)).index_name == name
 
 
 # --- filterable fields ---
@@ -309,12 +309,12 @@ def test_a_filterable_field_named_like_the_vector_text_or_metadata_field_is_refu
 ])
 def test_malformed_filterable_fields_are_refused(fields, words):
     with pytest.raises(vi.ResourceError, match=words):
-        vi.IndexSpec.from_properties(props(FilterableFields=fields), REGION)
+        vi.IndexSpec.from_properties(props(FilterableFields=fields))
 
 
 def test_vector_text_and_metadata_fields_must_differ():
     with pytest.raises(vi.ResourceError, match="must differ"):
-        vi.IndexSpec.from_properties(props(TextField="metadata"), REGION)
+        vi.IndexSpec.from_properties(props(TextField="metadata"))
 
 
 # --- numbers, weights, endpoints, ARNs, booleans ---
@@ -325,19 +325,19 @@ def test_vector_text_and_metadata_fields_must_differ():
                                        ("9" * 5000, False)])
 def test_dimensions_bounds(value, ok):
     if ok:
-        assert vi.IndexSpec.from_properties(props(Dimensions=value), REGION).dimensions == int(value)
+        assert vi.IndexSpec.from_properties(props(Dimensions=value)).dimensions == int(value)
     else:
         with pytest.raises(vi.ResourceError, match="Dimensions"):
-            vi.IndexSpec.from_properties(props(Dimensions=value), REGION)
+            vi.IndexSpec.from_properties(props(Dimensions=value))
 
 
 @pytest.mark.parametrize("value, ok", [("0", True), ("80", True), ("81", False), ("-1", False)])
 def test_replica_bounds(value, ok):
     if ok:
-        assert vi.IndexSpec.from_properties(props(NumberOfReplicas=value), REGION).number_of_replicas == int(value)
+        assert vi.IndexSpec.from_properties(props(NumberOfReplicas=value)).number_of_replicas == int(value)
     else:
         with pytest.raises(vi.ResourceError, match="NumberOfReplicas must be between 0 and 80"):
-            vi.IndexSpec.from_properties(props(NumberOfReplicas=value), REGION)
+            vi.IndexSpec.from_properties(props(NumberOfReplicas=value))
 
 
 @pytest.mark.parametrize("weights, ok", [
@@ -347,11 +347,11 @@ def test_replica_bounds(value, ok):
 ])
 def test_hybrid_weights(weights, ok):
     if ok:
-        lexical, vector = vi.IndexSpec.from_properties(props(HybridWeights=weights), REGION).hybrid_weights
+        lexical, vector = vi.IndexSpec.from_properties(props(HybridWeights=weights)).hybrid_weights
         assert math.isclose(lexical + vector, 1.0, abs_tol=1e-3)
     else:
         with pytest.raises(vi.ResourceError, match="HybridWeights"):
-            vi.IndexSpec.from_properties(props(HybridWeights=weights), REGION)
+            vi.IndexSpec.from_properties(props(HybridWeights=weights))
 
 
 @pytest.mark.parametrize("endpoint, expected", [
@@ -359,7 +359,7 @@ def test_hybrid_weights(weights, ok):
     ("http://localhost:9200/", "http://localhost:9200"), (f"https://{HOST}:443", f"https://{HOST}:443"),
 ])
 def test_endpoints_that_are_accepted(endpoint, expected):
-    assert vi.IndexSpec.from_properties(props(Endpoint=endpoint), REGION).endpoint == expected
+    assert vi.IndexSpec.from_properties(props(Endpoint=endpoint)).endpoint == expected
 
 
 @pytest.mark.parametrize("endpoint", [f"http://{HOST}", f"{ENDPOINT}/rag-documents", f"{ENDPOINT}?x=1", f"{ENDPOINT}#f",
@@ -367,19 +367,19 @@ def test_endpoints_that_are_accepted(endpoint, expected):
                                       "https://a b", "http://10.0.0.1", f" {ENDPOINT}", f"{ENDPOINT}\n"])
 def test_endpoints_that_are_refused(endpoint):
     with pytest.raises(vi.ResourceError, match="Endpoint"):
-        vi.IndexSpec.from_properties(props(Endpoint=endpoint), REGION)
+        vi.IndexSpec.from_properties(props(Endpoint=endpoint))
 
 
 @pytest.mark.parametrize("arn", ["*", "arn:aws:iam::1234:role/x", "arn:aws:iam::111122223333:user/x", "arn:aws:s3:::bucket",
                                  f"{KB_ROLE}\n", f"{KB_ROLE} "])
 def test_role_arns_are_checked(arn):
     with pytest.raises(vi.ResourceError, match="KnowledgeBaseRoleArn must be an IAM role ARN"):
-        vi.IndexSpec.from_properties(props(KnowledgeBaseRoleArn=arn), REGION)
+        vi.IndexSpec.from_properties(props(KnowledgeBaseRoleArn=arn))
 
 
 @pytest.mark.parametrize("value, expected", [("true", True), ("TRUE", True), (" false ", False), (True, True), (False, False)])
 def test_booleans_as_cloudformation_sends_them(value, expected):
-    assert vi.IndexSpec.from_properties(props(AuditLogging=value), REGION).audit_logging is expected
+    assert vi.IndexSpec.from_properties(props(AuditLogging=value)).audit_logging is expected
 
 
 def test_retain_index_reading_for_delete():
@@ -454,13 +454,19 @@ def test_lasting_transport_failures_fail_within_the_cap_and_say_what_happened(po
         run(event("Update", PhysicalResourceId=PHYSICAL))
 
 
-def test_the_deadline_stops_retries_before_the_attempt_cap(pool):
+@pytest.mark.parametrize("jitter, attempts", [
+    # Pauses drawn at their floor (0.5 s) fit 20 times in 10 s: 21 attempts; at their ceiling
+    # (1 s, then 2 s) the pause after the attempt at t=9 would end past the deadline: 6 attempts.
+    ("floor", 21), ("ceiling", 6),
+])
+def test_the_deadline_stops_retries_before_the_attempt_cap(pool, monkeypatch, jitter, attempts):
     pool.on("GET", "/rag-documents", (503, {}))
+    monkeypatch.setattr(vi.random, "uniform", (lambda low, high: low) if jitter == "floor" else (lambda low, high: high))
     fake = FakeTime()
     with pytest.raises(vi.DomainUnavailable):
         run(event("Create"), fake=fake, remaining_s=10.0, max_attempts=1000, base_delay_s=1.0, max_delay_s=2.0)
     assert fake.now <= 10.0
-    assert 4 <= pool.calls().count("GET /rag-documents") <= 11
+    assert pool.calls().count("GET /rag-documents") == attempts
 
 
 def test_backoff_delays_grow_and_stay_within_their_bounds():
@@ -644,3 +650,278 @@ def test_main_on_delete_survives_a_broken_credential_chain(monkeypatch, pool):
     assert vi.main(event("Delete", PhysicalResourceId=PHYSICAL), Context()) == {"PhysicalResourceId": PHYSICAL}
     with pytest.raises(vi.ResourceError, match="no AWS credentials"):
         vi.main(event("Create"), Context())
+
+
+# --- what a failure tells the operator (CloudFormation shows the message as the resource's reason) ---
+
+LONG = "x" * 400
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"VectorField": None}, "property VectorField is required, got None"),
+    ({"TextField": "1text"}, "property TextField 1text must be a name of letters, digits, '_' or '-' starting with a letter, at most 64 characters"),
+    ({"TextField": "embedding"}, "properties VectorField, TextField and MetadataField must differ, got 'embedding', 'embedding', 'metadata'"),
+    ({"Dimensions": [1024]}, "property Dimensions must be an integer, got [1024]"),
+    ({"Dimensions": "ten"}, "property Dimensions must be an integer, got ten"),
+    ({"Dimensions": "16001"}, "property Dimensions must be between 1 and 16000, got 16001"),
+    ({"RetainIndex": "maybe"}, "property RetainIndex must be true or false, got maybe"),
+    ({"QueryRoleArn": "arn:aws:iam::1:role/x"}, "property QueryRoleArn must be an IAM role ARN, got arn:aws:iam::1:role/x"),
+    ({"Endpoint": None}, "property Endpoint must be the domain's https:// URL, got None"),
+    ({"Endpoint": f"https://{HOST}:99999"}, f"property Endpoint is not a URL (Port out of range 0-65535): https://{HOST}:99999"),
+    ({"Endpoint": f"{ENDPOINT}/x"}, f"property Endpoint must be https://<domain endpoint> with no path, got {ENDPOINT}/x"),
+    ({"Endpoint": f"http://{HOST}"}, f"property Endpoint must use https (plain http only to a loopback host), got http://{HOST}"),
+    ({"IndexName": None}, "property IndexName is required (a lowercase index name), got None"),
+    ({"IndexName": "Docs"}, "property IndexName Docs is not a valid index name: lowercase letters, digits, '-', '_' and '.', not "
+                            "starting with '-', '_', '+' or '.', at most 255 bytes (Bedrock's pattern)"),
+    ({"FilterableFields": "category"}, "property FilterableFields must be a list of field names, got category (a string is not split into fields)"),
+    ({"FilterableFields": ["1x"]}, "property FilterableFields: 1x is not a field name (letters, digits, '_' or '-', starting with a letter)"),
+    ({"FilterableFields": ["metadata"]}, "property FilterableFields: 'metadata' is the vector, text or metadata field; a filterable field must "
+                                         "have a name of its own"),
+    ({"FilterableFields": ["a", "a"]}, "property FilterableFields lists 'a' twice"),
+    ({"HybridWeights": [0.5]}, "property HybridWeights must be two numbers [lexical, vector] that sum to 1, got [0.5]"),
+    ({"IndexName": LONG}, f"property IndexName {'x' * 300}... is not a valid index name"),
+])
+def test_each_property_failure_names_the_property_the_value_and_the_rule(overrides, message):
+    with pytest.raises(vi.ResourceError) as error:
+        vi.IndexSpec.from_properties(props(**overrides))
+    assert str(error.value).startswith(message)
+
+
+def test_filterable_fields_stop_at_100():
+    fields = [f"f{i}" for i in range(100)]
+    assert len(vi.IndexSpec.from_properties(props(FilterableFields=fields)).filterable_fields) == 100
+    with pytest.raises(vi.ResourceError, match=r"^property FilterableFields has 101 fields; at most 100$"):
+        vi.IndexSpec.from_properties(props(FilterableFields=[*fields, "f100"]))
+
+
+@pytest.mark.parametrize("weights, ok", [([1.0005, 0.0], False), ([0.0, 1.0005], False), ([0.3, 0.7009], True), ([0.3, 0.711], False)])
+def test_each_hybrid_weight_is_at_most_1_and_their_sum_1_within_a_thousandth(weights, ok):
+    if ok:
+        assert vi.IndexSpec.from_properties(props(HybridWeights=weights)).hybrid_weights == tuple(weights)
+    else:
+        with pytest.raises(vi.ResourceError, match="HybridWeights"):
+            vi.IndexSpec.from_properties(props(HybridWeights=weights))
+
+
+@pytest.mark.parametrize("endpoint, expected", [
+    ("http://[::1]:9200", "http://[::1]:9200"), ("http://127.0.0.2:9200", "http://127.0.0.2:9200"), (f"https://user@{HOST}", None),
+    (f"https://:pw@{HOST}", None), ("http://[::2]:9200", None),
+])
+def test_loopback_and_credentials_in_endpoints(endpoint, expected):
+    if expected:
+        assert vi.parse_endpoint(endpoint) == expected
+    else:
+        with pytest.raises(vi.ResourceError, match="Endpoint"):
+            vi.parse_endpoint(endpoint)
+
+
+@pytest.mark.parametrize("evt, owner", [
+    ({"StackId": STACK, "LogicalResourceId": "Index"}, f"{STACK}#Index"),
+    ({"StackId": STACK}, None), ({"LogicalResourceId": "Index"}, None), ({"StackId": "", "LogicalResourceId": "Index"}, None),
+    ({"StackId": STACK, "LogicalResourceId": ""}, None), ({"StackId": 7, "LogicalResourceId": "Index"}, None),
+])
+def test_an_owner_needs_both_the_stack_and_the_logical_id(evt, owner):
+    assert vi.owner_of(evt) == owner
+
+
+def test_unreadable_events_say_what_they_got(pool):
+    with pytest.raises(vi.ResourceError, match=r"^the event must be an object, got \['Create'\]$"):
+        run(["Create"])
+    with pytest.raises(vi.ResourceError, match=r"^unsupported RequestType Rename$"):
+        run(event("Rename"))
+    with pytest.raises(vi.ResourceError, match=r"^ResourceProperties must be an object, got \[1\]$"):
+        run(event("Create", [1]))
+    with pytest.raises(vi.ResourceError, match=r"^no AWS credentials to sign the domain requests with \(the function's role gave none\)$"):
+        run(event("Create"), credentials=None)
+    assert pool.sent == []
+
+
+def vector(**fields) -> dict:
+    return {"type": "knn_vector", "dimension": 1024, **fields}
+
+
+SPEC = vi.IndexSpec.from_properties(props())
+
+
+@pytest.mark.parametrize("settings, fields, problems", [
+    ({"knn": "true"}, {}, []),
+    ({"knn": True}, {}, []),  # rendered as JSON types
+    ({}, {}, ["setting index.knn is not true"]),
+    ({"knn": "false"}, {}, ["setting index.knn is not true"]),
+    ({"knn": "true"}, {"embedding": None}, ["vector field 'embedding' is missing"]),
+    ({"knn": "true"}, {"embedding": vector(method={"engine": "faiss", "name": "hnsw"})}, []),  # space type l2 by default
+    ({"knn": "true"}, {"embedding": vector(space_type="cosinesimil", method={"engine": "faiss", "name": "hnsw"})},
+     ["vector field 'embedding' has space_type='cosinesimil', wanted 'l2'"]),
+    ({"knn": "true"}, {"embedding": vector(space_type="cosinesimil", method={"engine": "faiss", "name": "hnsw", "space_type": "l2"})}, []),
+    ({"knn": "true"}, {"embedding": vector(dimension=512, method={"engine": "faiss", "name": "hnsw"})},
+     ["vector field 'embedding' has dimension='512', wanted '1024'"]),
+    ({"knn": "true"}, {"text": {"type": "text", "index": False}},
+     ["text field 'text' is {'type': 'text', 'index': False}, wanted an indexed 'text' field"]),
+    ({"knn": "true"}, {"text": {"type": "text", "index": True}}, []),
+    ({"knn": "true"}, {"text": {"type": "keyword"}}, ["text field 'text' is {'type': 'keyword'}, wanted an indexed 'text' field"]),
+    ({"knn": "true"}, {"metadata": None}, ["metadata field 'metadata' is None, wanted type 'text'"]),
+    ({"knn": "true"}, {"category": {"type": "text"}},
+     ["filterable field 'category' has type 'text', wanted 'keyword' (documents with this attribute were indexed before it was declared "
+      "filterable, so OpenSearch mapped it itself; a field's type cannot change in place: remove it from search.filterable_fields, or "
+      "use a new search.index_name)"]),
+])
+def test_mapping_problems_name_the_field_and_what_it_has(settings, fields, problems):
+    properties = {"embedding": vector(method={"engine": "faiss", "name": "hnsw", "space_type": "l2"}), "text": {"type": "text"},
+                  "metadata": {"type": "text", "index": False}, "category": {"type": "keyword"}, "collection": {"type": "keyword"}}
+    properties.update(fields)
+    found, to_add = vi.mapping_problems({"settings": {"index": settings}, "mappings": {"properties": {
+        name: value for name, value in properties.items() if value is not None}}}, SPEC)
+    assert (found, to_add) == (problems, [])
+
+
+def test_settings_rendered_as_json_types_need_no_change():
+    index = {"settings": {"index": {"number_of_replicas": 0, **vi.SLOW_LOG_THRESHOLDS}}}
+    assert vi.settings_changes(index, SPEC) == {}
+    assert vi.settings_changes({"settings": {"index": {"number_of_replicas": "1"}}}, SPEC) == {"number_of_replicas": 0, **vi.SLOW_LOG_THRESHOLDS}
+
+
+def test_a_mapping_that_cannot_change_says_what_to_do(pool):
+    pool.on("GET", "/rag-documents", (200, existing(fields={"text": {"type": "keyword"}, "embedding": vector()})))
+    with pytest.raises(vi.ResourceError) as error:
+        run(event("Create"))
+    assert str(error.value) == (
+        "index rag-documents exists with a mapping this stack cannot change in place: vector field 'embedding' has engine=None, "
+        "wanted 'faiss'; vector field 'embedding' has method=None, wanted 'hnsw'; text field 'text' is {'type': 'keyword'}, wanted "
+        "an indexed 'text' field. k-NN mappings and field types are immutable: set search.index_name to a new name (e.g. "
+        "rag-documents-v2) and deploy to create a new index (the knowledge base is replaced; its documents are synced again), or "
+        "delete the index yourself if its data is disposable.")
+
+
+@pytest.mark.parametrize("step, answer, message", [
+    (("PUT", "/rag-documents/_mapping"), (400, {"error": "illegal_argument"}),
+     "updating the mapping of rag-documents (adding filterable fields ['year']) failed: HTTP 400: {'error': 'illegal_argument'}. If a "
+     "field was mapped meanwhile with another type, set search.index_name to a new name and deploy, or remove the field from "
+     "search.filterable_fields."),
+    (("PUT", "/rag-documents/_settings"), (400, {"error": "no"}),
+     "updating settings ['number_of_replicas'] of rag-documents failed: HTTP 400: {'error': 'no'}"),
+    (("PUT", "/_search/pipeline/rag-hybrid"), (400, {"error": "no"}), "PUT search pipeline rag-hybrid failed: HTTP 400: {'error': 'no'}"),
+    (("PUT", "/_plugins/_security/api/rolesmapping/reader-rag-documents"), (400, "bad"),
+     "PUT rolesmapping/reader-rag-documents failed: HTTP 400: bad"),
+])
+def test_a_refused_change_names_the_call_and_the_answer(pool, step, answer, message):
+    pool.on("GET", "/rag-documents", (200, existing(replicas="1")))
+    pool.on(*step, answer)
+    with pytest.raises(vi.ResourceError) as error:
+        run(event("Create", props(FilterableFields=["category", "collection", "year"])))
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("body", [{"message": "no"}, {"error": "resource_already_exists_exception"}, "resource_already_exists_exception"])
+def test_only_a_structured_already_exists_error_means_a_concurrent_create(pool, body):
+    pool.on("PUT", "/rag-documents", (400, body))
+    with pytest.raises(vi.ResourceError, match=r"^creating index rag-documents failed: HTTP 400: "):
+        run(event("Create"))
+    assert pool.calls().count("GET /rag-documents") == 1
+
+
+def test_the_bodies_sent_are_exactly_the_documented_ones(pool):
+    run(event("Create"))
+    assert pool.bodies("PUT", "/_plugins/_security/api/roles/reader-rag-documents") == [{
+        "cluster_permissions": ["indices:data/read/msearch"],
+        "index_permissions": [{"index_patterns": ["rag-documents"],
+                               "allowed_actions": ["indices:data/read/search", "indices:data/read/msearch", "indices:data/read/get"]}]}]
+    assert pool.bodies("PUT", "/_plugins/_security/api/roles/bedrock-kb-rag-documents") == [{
+        "cluster_permissions": ["indices:data/read/msearch", "indices:data/write/bulk*", "indices:data/read/mget*"],
+        "index_permissions": [{"index_patterns": ["rag-documents"], "allowed_actions": [
+            "indices:admin/get", "indices:data/read/msearch", "indices:data/read/search", "indices:data/write/index",
+            "indices:data/write/update", "indices:data/write/delete", "indices:data/write/delete/byquery", "indices:data/write/bulk*",
+            "indices:admin/mapping/put", "indices:data/read/mget*"]}]}]
+    assert pool.bodies("PUT", "/_search/pipeline/rag-hybrid") == [{
+        "description": "Hybrid BM25 + k-NN scoring for rag-documents: min-max normalization, weighted mean [lexical, vector]",
+        "phase_results_processors": [{"normalization-processor": {
+            "normalization": {"technique": "min_max"},
+            "combination": {"technique": "arithmetic_mean", "parameters": {"weights": [0.3, 0.7]}}}}]}]
+
+
+@pytest.fixture
+def upper_bound_delays(monkeypatch):
+    """random.uniform at its upper bound: each pause is the backoff's ceiling."""
+    monkeypatch.setattr(vi.random, "uniform", lambda low, high: high)
+
+
+def test_pauses_double_from_the_base_delay_up_to_the_cap(pool, upper_bound_delays):
+    pool.on("GET", "/rag-documents", *[(503, {})] * 5, (404, {}))
+    fake = FakeTime()
+    run(event("Create"), fake=fake, max_attempts=10)
+    assert fake.sleeps == [1.0, 2.0, 4.0, 8.0, 8.0]
+
+
+def test_a_retry_is_made_when_its_pause_ends_exactly_at_the_deadline(pool, upper_bound_delays):
+    pool.on("GET", "/rag-documents", (503, {"message": "busy"}))
+    fake = FakeTime()
+    with pytest.raises(vi.DomainUnavailable) as error:
+        run(event("Create"), fake=fake, remaining_s=3.0)  # pauses 1 and 2 fit exactly, 4 does not
+    assert fake.sleeps == [1.0, 2.0] and pool.calls().count("GET /rag-documents") == 3
+    assert str(error.value) == "GET /rag-documents failed after 3 attempts; last: HTTP 503: {'message': 'busy'}."
+
+
+def test_a_lasting_403_says_how_to_authorize_the_function(pool):
+    pool.on("PUT", "/_plugins/_security/api/roles/bedrock-kb-rag-documents", (403, {"message": "no permissions"}))
+    with pytest.raises(vi.DomainUnavailable) as error:
+        run(event("Create"))
+    assert str(error.value) == (
+        "PUT /_plugins/_security/api/roles/bedrock-kb-rag-documents failed after 6 attempts; last: HTTP 403: {'message': 'no permissions'}. "
+        "A lasting 403 means the domain does not authorize this function's role: it must be the fine-grained access control master user "
+        "and be named in the domain access policy.")
+
+
+def test_a_delete_that_fails_on_one_path_still_deletes_the_others(pool):
+    pool.on("GET", "/rag-documents", (200, existing()))
+    pool.on("DELETE", ROLE_PATHS[0], (503, {}))
+    delete(max_attempts=2)
+    assert pool.calls() == ["GET /rag-documents", *[f"DELETE {ROLE_PATHS[0]}"] * 2, *[f"DELETE {p}" for p in ROLE_PATHS[1:]],
+                            "DELETE /rag-documents"]
+
+
+def test_a_delete_waits_out_a_busy_domain_within_its_budget(pool):
+    pool.on("GET", "/rag-documents", (503, {}), (503, {}), (200, existing()))
+    fake = FakeTime()
+    delete(fake=fake, remaining_s=900.0)
+    assert pool.calls()[-1] == "DELETE /rag-documents" and 0 < fake.now <= vi.DELETE_BUDGET_S
+
+
+def test_an_audit_logging_failure_is_logged_for_the_operator(pool, caplog):
+    pool.on("PATCH", "/_plugins/_security/api/audit", (400, {"status": "BAD_REQUEST"}))
+    run(event("Create"))
+    (warning,) = [r for r in caplog.records if r.getMessage() == "audit logging not enabled"]
+    assert warning.status == 400 and warning.body == "{'status': 'BAD_REQUEST'}"
+    caplog.clear()
+    pool.script.clear()
+    run(event("Create"))
+    assert not [r for r in caplog.records if r.getMessage() == "audit logging not enabled"]
+
+
+def test_a_long_value_in_a_message_is_cut_to_300_characters():
+    assert vi._short("y" * 300) == "y" * 300 and vi._short("y" * 301) == "y" * 300 + "..."
+    assert vi._short(["z"]) == "['z']"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"VectorField": "  "}, "property VectorField is required, got   "),
+    ({"IndexName": ""}, "property IndexName is required (a lowercase index name), got "),
+    ({"Endpoint": 5}, "property Endpoint must be the domain's https:// URL, got 5"),
+])
+def test_a_missing_property_shows_what_it_was(overrides, message):
+    with pytest.raises(vi.ResourceError) as error:
+        vi.IndexSpec.from_properties(props(**overrides))
+    assert str(error.value) == message
+
+
+def test_a_metadata_field_of_another_type_is_shown():
+    found, _ = vi.mapping_problems({"settings": {"index": {"knn": "true"}}, "mappings": {"properties": {
+        "embedding": vector(method={"engine": "faiss", "name": "hnsw"}), "text": {"type": "text"}, "metadata": {"type": "keyword"},
+        "category": {"type": "keyword"}, "collection": {"type": "keyword"}}}}, SPEC)
+    assert found == ["metadata field 'metadata' is {'type': 'keyword'}, wanted type 'text'"]
+
+
+def test_an_owner_record_that_is_not_text_is_no_owner(pool):
+    index = existing(owner=None)
+    index["rag-documents"]["mappings"]["_meta"] = {"managed_by": 5}
+    pool.on("GET", "/rag-documents", (200, index))
+    delete()
+    assert pool.calls()[-1] == "DELETE /rag-documents"

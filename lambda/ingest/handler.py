@@ -145,7 +145,7 @@ def _parse(record: Any, settings: Settings) -> tuple[Change | Check | None, str]
     if not isinstance(message_id, str) or not message_id:
         return None, "record without messageId"
     try:
-        body = json.loads(record.get("body") or "")
+        body = json.loads(record.get("body"))  # None or a non-string: TypeError
     except (TypeError, ValueError, RecursionError):
         return None, "body is not JSON (or nested too deep)"
     if not isinstance(body, dict):
@@ -223,25 +223,24 @@ def call(operation: Callable[..., Any], **parameters: Any) -> Answer:
 def start_job(bedrock: Any, settings: Settings, *, description: str, token: str) -> Answer:
     """Starts an ingestion job; the answer's result is the job id."""
     answer = call(bedrock.start_ingestion_job, knowledgeBaseId=settings.knowledge_base_id, dataSourceId=settings.data_source_id,
-                  description=description[:200], clientToken=token)
+                  description=description, clientToken=token)  # descriptions here stay far below the API's 200
     return Answer(result=answer.result["ingestionJob"]["ingestionJobId"]) if answer.code is None else answer
 
 
 def send_later(sqs: Any, settings: Settings, detail_type: str, detail: dict[str, Any]) -> Answer:
     """Puts one of this function's own messages on the queue, visible after RETRY_AFTER_S."""
-    body = json.dumps({"source": OWN_SOURCE, "detail-type": detail_type, "detail": detail}, separators=(",", ":"))
+    body = json.dumps({"source": OWN_SOURCE, "detail-type": detail_type, "detail": detail})
     return call(sqs.send_message, QueueUrl=settings.queue_url, MessageBody=body, DelaySeconds=min(settings.retry_after_s, 900))
 
 
 # --- the batch ---------------------------------------------------------------------------------
 
 
-def process(records: Any, *, bedrock: Any, sqs: Any, settings: Settings, tally: Optional[Counter] = None) -> dict[str, Any]:
+def process(records: Any, *, bedrock: Any, sqs: Any, settings: Settings, tally: Counter) -> dict[str, Any]:
     """The SQS batch -> the partial-batch response (failed message ids come back later).
 
-    `tally` counts what happened (metric name -> value); the entry point publishes it.
+    `tally` counts what happened (metric name -> value, added to); the entry point publishes it.
     """
-    tally = Counter() if tally is None else tally
     changes: list[Change] = []
     checks: dict[str, Check] = {}
     for record in records if isinstance(records, list) else []:
@@ -254,9 +253,7 @@ def process(records: Any, *, bedrock: Any, sqs: Any, settings: Settings, tally: 
             tally[MESSAGES_DROPPED] += 1
             message_id = record.get("messageId") if isinstance(record, dict) else None
             logger.warning("message dropped", extra={"reason": reason, "message_id": message_id if isinstance(message_id, str) else None})
-    failed: list[str] = []
-    if changes:
-        failed += sync(changes, bedrock=bedrock, sqs=sqs, settings=settings, tally=tally)
+    failed = sync(changes, bedrock=bedrock, sqs=sqs, settings=settings, tally=tally) if changes else []
     for check in checks.values():
         failed += check_job(check, bedrock=bedrock, sqs=sqs, settings=settings, tally=tally)
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in dict.fromkeys(failed)]}
@@ -365,7 +362,7 @@ def retry_job(check: Check, *, reasons: list[str], bedrock: Any, sqs: Any, setti
 def _count_documents(statistics: dict[str, Any], tally: Counter) -> None:
     def number(name: str) -> int:
         value = statistics.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+        return max(value, 0) if isinstance(value, int) and not isinstance(value, bool) else 0
 
     tally[DOCUMENTS_INDEXED] += number("numberOfNewDocumentsIndexed") + number("numberOfModifiedDocumentsIndexed")
     tally[DOCUMENTS_DELETED] += number("numberOfDocumentsDeleted")

@@ -10,6 +10,7 @@ endpoint, one production variant each) and `bedrock` (Converse on the configured
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -136,7 +137,8 @@ class BedrockGenerator:
     def __init__(self, settings: Settings, clients: AwsClients):
         self.settings, self.clients = settings, clients
         model = settings.bedrock_model_id
-        base_model = model.split(".", 1)[1] if model and model.split(".", 1)[0] in GEO_PREFIXES else model
+        prefix, _, rest = str(model).partition(".")
+        base_model = rest if prefix in GEO_PREFIXES else model  # a cross-region profile names its base model
         self._status = GeneratorStatus(self.name, True, model, None, None, BEDROCK_CONTEXT_TOKENS.get(base_model))
 
     def status(self) -> GeneratorStatus:
@@ -162,7 +164,7 @@ RETRY_UNKNOWN_S = 5  # Retry-After when the endpoint's state could not be read
 class EndpointSnapshot:
     """What one DescribeEndpoint (plus the power parameter, when the endpoint is absent) said."""
 
-    exists: bool
+    exists: bool = False
     status: Optional[str] = None
     variants: frozenset = frozenset()  # production variants serving now
     pending: frozenset = frozenset()  # variants of a deployment in progress
@@ -177,18 +179,18 @@ class EndpointState:
 
     def __init__(self, settings: Settings, clients: "AwsClients", clock: Callable[[], float] = time.monotonic):
         self.settings, self.clients, self.clock = settings, clients, clock
-        self._snapshot: Optional[EndpointSnapshot] = None
-        self._expires = 0.0
+        self._snapshot: EndpointSnapshot  # read on first use
+        self._expires = -math.inf
 
     def snapshot(self) -> EndpointSnapshot:
         now = self.clock()
-        if self._snapshot is None or now >= self._expires:
+        if now >= self._expires:
             self._snapshot = self._read()
             self._expires = now + (STATE_ERROR_TTL_S if self._snapshot.error else STATE_TTL_S)
         return self._snapshot
 
     def invalidate(self) -> None:
-        self._snapshot = None
+        self._expires = -math.inf
 
     def _read(self) -> EndpointSnapshot:
         try:
@@ -196,46 +198,44 @@ class EndpointState:
         except ClientError as error:
             code = _error_code(error)
             if code == "ValidationException" and "not find" in str(error).lower():
-                return EndpointSnapshot(exists=False, **self._power())
-            return EndpointSnapshot(exists=False, error=code or "ClientError")
+                return EndpointSnapshot(**self._power())  # absent: the power parameter says why
+            return EndpointSnapshot(error=code)
         except (BotoCoreError, aws_clients.DeadlineExceeded) as error:
-            return EndpointSnapshot(exists=False, error=type(error).__name__)
+            return EndpointSnapshot(error=type(error).__name__)
         status = described.get("EndpointStatus")
         variants = frozenset(v.get("VariantName") for v in described.get("ProductionVariants") or [])
         pending = frozenset(v.get("VariantName") for v in (described.get("PendingDeploymentSummary") or {}).get("ProductionVariants") or [])
         try:
-            versions = model_record.versions_from_config_name(described.get("EndpointConfigName") or "")
+            versions = model_record.versions_from_config_name(described["EndpointConfigName"])  # required in the answer
         except model_record.RecordError:
             versions = {}
-        power = self._power()["power"] if status == "Deleting" else None
+        power = self._power().get("power") if status == "Deleting" else None
         return EndpointSnapshot(exists=True, status=status, variants=variants, pending=pending, versions=versions, power=power)
 
     def _power(self) -> dict:
-        """{"power": True | False | None, "power_missing": bool, "error": code | None} from the power parameter."""
+        """The power parameter as snapshot fields: {"power": bool}, {"power_missing": True} or {"error": code}."""
         try:
             value = self.clients.control_ssm.get_parameter(Name=self.settings.power_parameter)["Parameter"]["Value"]
         except ClientError as error:
             code = _error_code(error)
-            if code == "ParameterNotFound":
-                return {"power": None, "power_missing": True, "error": None}
-            return {"power": None, "power_missing": False, "error": code or "ClientError"}
+            return {"power_missing": True} if code == "ParameterNotFound" else {"error": code}
         except (BotoCoreError, aws_clients.DeadlineExceeded) as error:
-            return {"power": None, "power_missing": False, "error": type(error).__name__}
+            return {"error": type(error).__name__}
         try:
-            return {"power": model_record.parse_power(value), "power_missing": False, "error": None}
+            return {"power": model_record.parse_power(value)}
         except model_record.RecordError:
-            return {"power": None, "power_missing": False, "error": "InvalidPowerValue"}
+            return {"error": "InvalidPowerValue"}
 
 
 class EndpointGenerator:
     """One role (`base` or `finetuned`) on the stage's Inferentia2 endpoint: a production variant."""
 
-    def __init__(self, role: str, settings: Settings, clients: "AwsClients", state: Optional[EndpointState]):
+    def __init__(self, role: str, settings: Settings, clients: "AwsClients", state: EndpointState):
         self.name, self.settings, self.clients, self.state = role, settings, clients, state
 
     def status(self) -> GeneratorStatus:
         s, role = self.settings, self.name
-        if s.endpoint_name is None or self.state is None:
+        if s.endpoint_name is None:
             return self._unavailable(
                 f"generator {role!r} needs an Inferentia2 endpoint and stage {s.stage!r} has none "
                 "(inference.enabled is false in its config): set it to true and deploy the stage",
@@ -303,13 +303,13 @@ class EndpointGenerator:
                 temperature=temperature,
             )
         except ClientError as error:
-            if _error_code(error) == "ValidationError" and self.state is not None:
+            if _error_code(error) == "ValidationError":
                 # The endpoint or the variant may have gone since the cached reading (switched off,
                 # a deploy removed the variant): read it again and say so if it is not available.
                 self.state.invalidate()
                 now = self.status()
                 if not now.available:
-                    raise GeneratorUnavailable(now) from error
+                    raise GeneratorUnavailable.of(now) from error
             raise
 
 
@@ -325,7 +325,8 @@ POWER_ON_COMMAND = "scripts/endpoint_power.py --stage {stage} on"
 
 
 def _error_code(error: ClientError) -> str:
-    return str(((getattr(error, "response", None) or {}).get("Error") or {}).get("Code", ""))
+    """The AWS error code (botocore always parses a response dict; a code can be missing)."""
+    return str((error.response.get("Error") or {}).get("Code") or "ClientError")
 
 
 class ManagedRag:
@@ -358,7 +359,7 @@ class ManagedRag:
 def build(settings: Settings, clients: Optional[AwsClients] = None) -> Backend:
     """The deployed stage's backend (clients are made on first use unless given)."""
     clients = clients or AwsClients(settings)
-    state = EndpointState(settings, clients) if settings.endpoint_name else None
+    state = EndpointState(settings, clients)  # read only when the stage has an endpoint
     return Backend(
         retrievers={"kb": KnowledgeBaseRetriever(settings, clients), "opensearch": OpenSearchRetriever(settings, clients)},
         generators={

@@ -39,7 +39,7 @@ _FIXED_TOKENS = estimate_tokens(prompts.RAG_SYSTEM) + estimate_tokens(prompts.RA
 
 def fit(passages: Sequence[prompts.Passage], question: str, status, max_new_tokens: int) -> list[prompts.Passage]:
     """The passages (in rank order, numbered as given) that fit the generator's prompt budget."""
-    context: Optional[int] = getattr(status, "context_tokens", None)
+    context: Optional[int] = status.context_tokens
     if not context:
         return list(passages)
     room = context - max_new_tokens - _FIXED_TOKENS - estimate_tokens(question)
@@ -68,7 +68,7 @@ def fit(passages: Sequence[prompts.Passage], question: str, status, max_new_toke
 def cut(text: str, tokens: int) -> str:
     """The longest prefix of `text` within `tokens` (by the estimate), at a word end if one is near, marked as cut."""
     limit = tokens * BYTES_PER_TOKEN
-    size, end = 0, 0
+    size = 0
     for end, char in enumerate(text):
         size += len(char.encode("utf-8", "surrogatepass"))
         if size > limit:

@@ -73,8 +73,9 @@ def kb_answer_and_citations(response: dict) -> tuple[str, list[dict[str, Any]]]:
 def _part_end(text: str, citation: dict) -> int:
     """Where a cited part of the answer ends: found by its text, else by its span, else the end."""
     part = (citation.get("generatedResponsePart") or {}).get("textResponsePart") or {}
-    fragment = (part.get("text") or "").strip()
-    if fragment:
+    fragment = part.get("text")
+    if isinstance(fragment, str) and fragment.strip():
+        fragment = fragment.strip()
         found = text.find(fragment)
         if found >= 0:
             return found + len(fragment)

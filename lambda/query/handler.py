@@ -65,7 +65,10 @@ def main(event: Any, context: Any) -> dict:
         body = service.answer(req, settings, backend, observe=observed)
         fields.update(generator=body["generator"], model=body["model"], model_version=body["model_version"],
                       cited=[c["n"] for c in body["citations"]], timings_ms=body["timings_ms"], usage=body["usage"])
-        _record(200, started, fields, observed, usage=body["usage"])
+        elapsed_ms = _record(started, fields, observed, usage=body["usage"])
+        observability.logger().info(
+            "query served", extra={"status": 200, "elapsed_ms": round(elapsed_ms, 1), "prompt_version": prompts.PROMPT_VERSION, **fields}
+        )
         return api.json_response(200, body, request_id=request_id)
     except Exception as error:  # every failure becomes a mapped response; detail only in logs
         return _failure(error, request_id, started, fields, observed)
@@ -77,7 +80,7 @@ def _failure(error: Exception, request_id: str, started: float, fields: dict, ob
         if "generator" in observed:
             fields["generator"] = observed["generator"]
         observability.log_failure(error, status=status, request_id=request_id, **fields)
-        _record(status, started, fields, observed, log=False)
+        _record(started, fields, observed, error_status=status)  # log_failure has logged it
         return api.error_response(status, message, request_id=request_id, field=getattr(error, "field", None), headers=headers)
     except Exception as secondary:  # the last resort must not raise either
         print(json.dumps({"level": "ERROR", "message": "failed while reporting a failure", "request_id": request_id,
@@ -85,8 +88,9 @@ def _failure(error: Exception, request_id: str, started: float, fields: dict, ob
         return api.error_response(500, api.GENERIC_MESSAGE, request_id=request_id)
 
 
-def _record(status: int, started: float, fields: dict, observed: dict, *, usage: dict | None = None, log: bool = True) -> None:
-    """One EMF record per request, dimensions service / mode / generator on every metric."""
+def _record(started: float, fields: dict, observed: dict, *, usage: dict | None = None, error_status: int | None = None) -> float:
+    """One EMF record per request, dimensions service / mode / generator on every metric.
+    Returns the request's time so far, in ms."""
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     metrics = observability.metrics()
     metrics.add_dimension(name="service", value=METRICS_SERVICE)
@@ -102,13 +106,10 @@ def _record(status: int, started: float, fields: dict, observed: dict, *, usage:
         count = (usage or {}).get(key)
         if isinstance(count, int) and not isinstance(count, bool):
             metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
-    if status >= 400:
-        metrics.add_metric(name="QueryClientErrors" if status < 500 else "QueryServerErrors", unit=MetricUnit.Count, value=1)
+    if error_status is not None:  # a failure (4xx or 5xx)
+        metrics.add_metric(name="QueryClientErrors" if error_status < 500 else "QueryServerErrors", unit=MetricUnit.Count, value=1)
     metrics.flush_metrics()
-    if log:
-        observability.logger().info(
-            "query served", extra={"status": status, "elapsed_ms": round(elapsed_ms, 1), "prompt_version": prompts.PROMPT_VERSION, **fields}
-        )
+    return elapsed_ms
 
 
 def _request_id(event: Any, context: Any) -> str:

@@ -95,9 +95,7 @@ def skeleton(text: str) -> tuple[str, list[int]]:
     for index, char in enumerate(text):
         if char.isascii():
             folded = char.lower().translate(_FOLD)
-        else:
-            if unicodedata.category(char) in ("Cf", "Mn"):
-                continue
+        else:  # a format character or a combining mark decomposes to itself, then vanishes
             folded = "".join(c for c in unicodedata.normalize("NFKD", char) if unicodedata.category(c) not in ("Cf", "Mn"))
             folded = folded.casefold().translate(_FOLD)
         for c in folded:

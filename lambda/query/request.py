@@ -55,7 +55,7 @@ def parse_body(event: dict) -> Any:
         raise bad("body", "must be a JSON text")
     if event.get("isBase64Encoded"):
         try:
-            raw = base64.b64decode(raw, validate=True).decode("utf-8")
+            raw = base64.b64decode(raw, validate=True).decode()  # UTF-8
         except (binascii.Error, ValueError):
             raise bad("body", "is not valid base64-encoded UTF-8") from None
     if len(raw.encode("utf-8", errors="replace")) > MAX_BODY_BYTES:
@@ -67,7 +67,7 @@ def parse_body(event: dict) -> Any:
 
 
 def _reject_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
+    raise ValueError  # NaN, Infinity, -Infinity: the caller answers "is not valid JSON"
 
 
 def validate(body: Any, settings: Settings, generators: Sequence[str] = DEPLOYED_GENERATORS) -> QueryRequest:
@@ -91,8 +91,8 @@ def validate(body: Any, settings: Settings, generators: Sequence[str] = DEPLOYED
     if len(question) > settings.max_question_chars:
         raise bad("question", f"longer than {settings.max_question_chars} characters")
 
-    mode = _choice(body, "mode", MODES, "rag")
-    retriever = _choice(body, "retriever", RETRIEVERS, settings.default_retriever)
+    mode = _choice(body.get("mode", "rag"), "mode", MODES)
+    retriever = _choice(body.get("retriever", settings.default_retriever), "retriever", RETRIEVERS)
     if mode == "kb" and len(question) > KB_MODE_MAX_QUESTION_CHARS:
         raise bad("question", f"mode 'kb' accepts at most {KB_MODE_MAX_QUESTION_CHARS} characters")
     if mode == "kb" and body.get("retriever", "kb") != "kb":
@@ -109,7 +109,7 @@ def validate(body: Any, settings: Settings, generators: Sequence[str] = DEPLOYED
         raise bad("filters", "mode 'prompt' does not retrieve; filters do not apply")
     generator = body.get("generator")
     if generator is not None:
-        generator = _choice(body, "generator", tuple(generators), "")
+        generator = _choice(generator, "generator", tuple(generators))
         if mode == "kb" and generator != KB_MODE_GENERATOR:
             raise bad("generator", f"mode 'kb' always uses {KB_MODE_GENERATOR!r} (Bedrock's managed RAG); omit it or use {KB_MODE_GENERATOR!r}")
     return QueryRequest(question=question, mode=mode, retriever=retriever, top_k=top_k, filters=filters, generator=generator)
@@ -118,7 +118,7 @@ def validate(body: Any, settings: Settings, generators: Sequence[str] = DEPLOYED
 def _is_text(value: str) -> bool:
     """False for text that UTF-8 cannot encode (a lone surrogate, e.g. from a JSON \\ud800 escape)."""
     try:
-        value.encode("utf-8")
+        value.encode()  # UTF-8: fails on a lone surrogate
     except UnicodeEncodeError:
         return False
     return True
@@ -129,8 +129,7 @@ def _name(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", key) else json.dumps(key[:64])
 
 
-def _choice(body: dict, field: str, allowed: tuple[str, ...], default: str) -> str:
-    value = body.get(field, default)
+def _choice(value: Any, field: str, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str):
         raise bad(field, f"must be a string, one of: {', '.join(allowed)}")
     if value not in allowed:

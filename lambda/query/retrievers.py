@@ -44,7 +44,7 @@ def retrieve_kb(client, *, knowledge_base_id: str, question: str, top_k: int, fi
         retrievalConfiguration={"vectorSearchConfiguration": vector_search},
     )
     passages = []
-    for result in response.get("retrievalResults", []):
+    for result in response["retrievalResults"]:  # required in Retrieve's answer
         text = (result.get("content") or {}).get("text") or ""
         if not text.strip():
             continue
@@ -125,10 +125,10 @@ def retrieve_opensearch(
     """Embeds the question, runs the hybrid query, returns the hits as passages."""
     vector = embed(embed_client, model_id=embedding_model_id, dimensions=dimensions, text=question)
     body = hybrid_query(question=question, vector=vector, top_k=top_k, filters=filters, vector_field=vector_field, text_field=text_field)
-    path = f"/{quote(index, safe='')}/_search?search_pipeline={quote(pipeline, safe='')}"
+    path = f"/{quote(index)}/_search?search_pipeline={quote(pipeline)}"  # names as config allows: nothing else to escape
     response = search(path, body)
     if not response.ok:
-        raise UpstreamError("OpenSearch search", response.status, json.dumps(response.body)[:500])
+        raise UpstreamError("OpenSearch search", response.status, json.dumps(response.body))  # UpstreamError keeps 500 characters
     body = response.body if isinstance(response.body, dict) else {}
     hits = (body.get("hits") or {}).get("hits") or []
     passages = []
@@ -153,7 +153,7 @@ def _hit_source(hit: dict, source: dict, metadata_field: str) -> str:
         try:
             metadata = json.loads(metadata)
         except ValueError:
-            metadata = None
+            pass  # still a string: no source in it
     if isinstance(metadata, dict):
         for key in (SOURCE_URI_FIELD, "source"):
             if isinstance(metadata.get(key), str):

@@ -79,11 +79,13 @@ class Backend:
 class GeneratorUnavailable(ApiError):
     """A known generator that cannot answer now: 503 with its reason and a Retry-After."""
 
-    def __init__(self, status: GeneratorStatus):
-        retry = status.retry_after_s or UNAVAILABLE_RETRY_AFTER_S
-        reason = status.reason or f"generator {status.name!r} is not available"
+    def __init__(self, reason: str, retry_after_s: Optional[int] = None):
+        retry = retry_after_s or UNAVAILABLE_RETRY_AFTER_S
         super().__init__(503, reason, field="generator", headers={"Retry-After": str(retry)})
-        self.generator_status = status
+
+    @classmethod
+    def of(cls, status: GeneratorStatus) -> "GeneratorUnavailable":
+        return cls(status.reason or f"generator {status.name!r} is not available", status.retry_after_s)
 
 
 class Chosen(NamedTuple):
@@ -106,22 +108,14 @@ def choose_generator(requested: Optional[str], settings: Settings, backend: Back
             raise SettingsError("the backend has no generators")
         reasons = "; ".join(f"{s.name}: {s.reason or 'not available'}" for s in statuses)
         retry = min((s.retry_after_s for s in statuses if s.retry_after_s), default=None)
-        raise GeneratorUnavailable(GeneratorStatus("auto", False, None, None, f"no generator is available: {reasons}", None, retry))
+        raise GeneratorUnavailable(f"no generator is available: {reasons}", retry)
     generator = backend.generators.get(name)
     if generator is None:  # request names are checked against the backend first: this is the default's fault
         raise SettingsError(f"default generator {name!r} is not one of {tuple(backend.generators)}")
     status = generator.status()
     if not status.available:
-        raise GeneratorUnavailable(status)
+        raise GeneratorUnavailable.of(status)
     return Chosen(name, generator, status)
-
-
-def default_generator_name(settings: Settings, backend: Backend) -> Optional[str]:
-    """The name `auto` (or the configured default) resolves to now, or None if it is not available."""
-    try:
-        return choose_generator(None, settings, backend).name
-    except GeneratorUnavailable:
-        return None
 
 
 def health(settings: Settings, backend: Backend) -> dict[str, Any]:
@@ -155,7 +149,7 @@ def answer(request: QueryRequest, settings: Settings, backend: Backend, *, obser
     """
     observe = {} if observe is None else observe
     started = time.perf_counter()
-    retrieve_ms: Optional[float] = None
+    retrieve_ms = 0.0  # no retrieval in modes kb and prompt
     if request.mode == "kb":
         if backend.managed_rag is None:
             raise ApiError(400, f"mode: {KB_MODE_NEEDS_DEPLOYED_STAGE}", field="mode")
@@ -191,7 +185,7 @@ def answer(request: QueryRequest, settings: Settings, backend: Backend, *, obser
         )
         generate_ms = observe["generate_ms"] = _ms(generate_started)
         text = generation.text
-        cited = citations.rag_citations(text, passages) if request.mode == "rag" else []
+        cited = citations.rag_citations(text, passages)  # mode prompt has no passages: nothing to cite
         usage = {"input_tokens": generation.input_tokens, "output_tokens": generation.output_tokens}
         generator_name, model, version = chosen.name, chosen.status.model, chosen.status.version
     return {
@@ -202,7 +196,7 @@ def answer(request: QueryRequest, settings: Settings, backend: Backend, *, obser
         "model": model,
         "model_version": version,
         "timings_ms": {
-            "retrieve": round(retrieve_ms or 0.0, 1),
+            "retrieve": round(retrieve_ms, 1),
             "generate": round(generate_ms, 1),
             "total": round(_ms(started), 1),
         },

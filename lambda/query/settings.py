@@ -105,7 +105,7 @@ class Settings:
             try:
                 value = kind(raw)
             except ValueError:
-                raise SettingsError(f"environment variable {name}={raw!r} is not a {kind.__name__}") from None
+                raise SettingsError(f"environment variable {name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
             if kind is float and not math.isfinite(value):
                 raise SettingsError(f"environment variable {name}={raw!r} is not a finite number")
             return value

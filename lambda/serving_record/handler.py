@@ -70,7 +70,7 @@ def handle(event: Mapping[str, Any], ssm) -> dict[str, Any]:
         logger.info("serving record ensured", extra={"parameters_created": created, "parameters_kept": sorted(set(parameters) - set(created))})
         return {"Created": ",".join(created)}
     if request == "Delete":
-        if str(properties.get("RetainOnDelete", "false")).lower() == "true":
+        if str(properties.get("RetainOnDelete")).lower() == "true":  # absent: delete
             logger.info("serving record retained with the stage's data")
         else:
             delete_all(ssm, sorted(parameters))
@@ -79,12 +79,14 @@ def handle(event: Mapping[str, Any], ssm) -> dict[str, Any]:
 
 
 def physical_id(event: Mapping[str, Any]) -> str:
-    """Stable across updates: the common path of the parameters (no replacement, no spurious Delete)."""
-    existing = event.get("PhysicalResourceId")
-    if existing:
-        return existing
-    names = sorted(event.get("ResourceProperties", {}).get("Parameters", {}) or ["serving-record"])
-    return names[0].rsplit("/", 1)[0] + "/" if names[0].startswith("/") else names[0]
+    """Stable across updates: the one CloudFormation has, else the path of the first parameter (so
+    an update never looks like a replacement that would end in a spurious Delete); a request whose
+    parameters are malformed still gets an id, for the Delete that follows its failure."""
+    if event.get("PhysicalResourceId"):
+        return event["PhysicalResourceId"]
+    parameters = event.get("ResourceProperties", {}).get("Parameters")
+    names = sorted(name for name in parameters if isinstance(name, str) and name.startswith("/")) if isinstance(parameters, dict) else []
+    return names[0].rsplit("/", 1)[0] + "/" if names else "serving-record"
 
 
 def respond(event: Mapping[str, Any], status: str, reason: str, data: Mapping[str, Any], *, send: Callable[[urllib.request.Request], Any]) -> None:
@@ -97,7 +99,9 @@ def respond(event: Mapping[str, Any], status: str, reason: str, data: Mapping[st
         "LogicalResourceId": event["LogicalResourceId"],
         "Data": dict(data),
     }).encode()
-    request = urllib.request.Request(event["ResponseURL"], data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))})
+    # The pre-signed URL is signed without a content type: send an empty one (urllib would add a
+    # form type); urllib sets Content-Length itself.
+    request = urllib.request.Request(event["ResponseURL"], data=body, method="PUT", headers={"Content-Type": ""})
     send(request)
 
 

@@ -99,7 +99,7 @@ def json_response(status: int, body: Any, *, request_id: str | None = None, head
 
 def scrub_surrogates(text: str) -> str:
     """`text` with every lone surrogate (not encodable as UTF-8) replaced by U+FFFD."""
-    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def error_response(status: int, message: str, *, request_id: str | None, field: str | None = None, headers: dict[str, str] | None = None) -> dict:
@@ -117,9 +117,9 @@ def classify(error: BaseException) -> tuple[int, str, dict[str, str]]:
         return error.status, error.message, dict(error.headers)
     if isinstance(error, ClientError):
         return _classify_client_error(error)
-    if isinstance(error, (ReadTimeoutError, ConnectTimeoutError, TimeoutError)) or _is_named(error, "OpenSearchTimeout"):
+    if isinstance(error, (ReadTimeoutError, ConnectTimeoutError, TimeoutError)):  # OpenSearchTimeout is a TimeoutError
         return 504, "a dependency did not answer in time", {}
-    if isinstance(error, EndpointConnectionError) or _is_named(error, "OpenSearchTransportError") or _is_named(error, "OpenSearchConnectionError"):
+    if isinstance(error, EndpointConnectionError) or _is_named(error, "OpenSearchTransportError"):
         return 502, "could not reach a dependency", {}
     if isinstance(error, UpstreamError):
         return _by_status(error.status, "a dependency")
@@ -129,8 +129,8 @@ def classify(error: BaseException) -> tuple[int, str, dict[str, str]]:
 
 
 def _classify_client_error(error: ClientError) -> tuple[int, str, dict[str, str]]:
-    response = error.response if isinstance(error.response, dict) else {}
-    code = str((response.get("Error") or {}).get("Code", ""))
+    response = error.response  # botocore parses every error answer into a dict
+    code = (response.get("Error") or {}).get("Code")
     http_status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
     if code == "ModelError":
         # SageMaker: the container answered non-2xx; its own status says what kind of failure it was.
@@ -152,7 +152,7 @@ def _classify_client_error(error: ClientError) -> tuple[int, str, dict[str, str]
         return 500, ACCESS_DENIED_MESSAGE, {}
     if code in _NOT_FOUND or http_status == 404:
         return 500, NOT_FOUND_MESSAGE, {}
-    if code in _REJECTED and getattr(error, "operation_name", None) in _MODEL_OPERATIONS:
+    if code in _REJECTED and error.operation_name in _MODEL_OPERATIONS:
         return 502, "the model rejected the request", {}
     if isinstance(http_status, int) and (http_status == 413 or http_status == 424 or http_status >= 500):
         return 502, "a dependency returned an error", {}

@@ -75,13 +75,13 @@ def encode_chat_request(*, system: str, user: str, max_tokens: int, temperature:
     }
     if model:
         body["model"] = model
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def decode_chat_response(body: bytes) -> Generation:
     """Reads the container's answer; raises EndpointPayloadError on anything else."""
     try:
-        payload = json.loads(body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body)
+        payload = json.loads(body)  # str, or bytes in UTF-8 (json detects the encoding)
     except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
         raise EndpointPayloadError(f"endpoint body is not JSON: {error}") from None
     if not isinstance(payload, dict):
@@ -100,7 +100,7 @@ def decode_chat_response(body: bytes) -> Generation:
         text = choice.get("text")  # a completions-style answer
     if not isinstance(text, str):
         raise EndpointPayloadError("endpoint body has no text in choices[0] (message.content or text)")
-    text = _THINK_BLOCK.sub("", text, count=1).strip()
+    text = _THINK_BLOCK.sub("", text).strip()  # anchored at the start: one block at most
     usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
     return Generation(
         text=text,

@@ -82,9 +82,10 @@ def parse_record(value: str) -> Record | None:
     """None for `none`; a Record otherwise; RecordError for anything else."""
     if value == NOT_DEPLOYED:
         return None
-    version, sep, prefix = value.partition(SEPARATOR)
-    if not sep:
+    parts = value.split(SEPARATOR)
+    if len(parts) != 2:
         raise RecordError(f"record must be {NOT_DEPLOYED!r} or '<version>|<model prefix>', got {value!r}")
+    version, prefix = parts
     format_record(version, prefix)  # validates both halves
     return Record(version=version, model_prefix=prefix)
 
@@ -97,7 +98,7 @@ def parse_power(value: str) -> bool:
 
 def versions_from_config_name(config_name: str) -> dict[str, str | None]:
     """{"base": "3" | None, "finetuned": "7" | None} from an endpoint config name; RecordError if it has none."""
-    match = _CONFIG_NAME.search(config_name or "")
+    match = _CONFIG_NAME.search(config_name)
     if match is None:
         raise RecordError(f"endpoint config name {config_name!r} does not carry model versions")
     base, finetuned = match.groups()

@@ -49,7 +49,7 @@ def log_failure(error: BaseException, *, status: int, request_id: str | None, **
     if code:
         detail["aws_error_code"] = code
     if status >= 500:
-        detail["stack"] = "".join(traceback.format_exception(type(error), error, error.__traceback__))[-4000:]
+        detail["stack"] = "".join(traceback.format_exception(error))[-4000:]
         logger().error("request failed", extra=detail)
     else:
         logger().info("request rejected", extra=detail)

@@ -43,11 +43,7 @@ class OpenSearchResponse:
 
 
 class OpenSearchTransportError(Exception):
-    """No HTTP answer from the domain. `method` and `path` say which call."""
-
-    def __init__(self, message: str, *, method: str = "", path: str = "") -> None:
-        super().__init__(message)
-        self.method, self.path = method, path
+    """No HTTP answer from the domain; the message names the call (method and path)."""
 
 
 class OpenSearchTimeout(OpenSearchTransportError, TimeoutError):
@@ -63,14 +59,14 @@ def transport_error(error: BaseException, *, method: str, path: str, timeout_s: 
     where = f"{method} {path}"
     # Checked first: urllib3 1.26 made NewConnectionError (refused, DNS) a ConnectTimeoutError.
     if isinstance(error, urllib3.exceptions.NewConnectionError):
-        return OpenSearchConnectionError(f"{where}: could not connect ({_reason(error)})", method=method, path=path)
+        return OpenSearchConnectionError(f"{where}: could not connect ({_reason(error)})")
     if isinstance(error, (urllib3.exceptions.TimeoutError, TimeoutError)):
-        return OpenSearchTimeout(f"{where}: no answer within {timeout_s:g}s", method=method, path=path)
+        return OpenSearchTimeout(f"{where}: no answer within {timeout_s:g}s")
     if isinstance(error, urllib3.exceptions.SSLError):
-        return OpenSearchConnectionError(f"{where}: TLS error ({_reason(error)})", method=method, path=path)
+        return OpenSearchConnectionError(f"{where}: TLS error ({_reason(error)})")
     if isinstance(error, urllib3.exceptions.ProtocolError):
-        return OpenSearchConnectionError(f"{where}: connection lost before an answer ({_reason(error)})", method=method, path=path)
-    return OpenSearchConnectionError(f"{where}: transport error ({_reason(error)})", method=method, path=path)
+        return OpenSearchConnectionError(f"{where}: connection lost before an answer ({_reason(error)})")
+    return OpenSearchConnectionError(f"{where}: transport error ({_reason(error)})")
 
 
 def _reason(error: BaseException, limit: int = 200) -> str:
@@ -85,8 +81,8 @@ def signed_request(
     path: str,
     region: str,
     credentials,
+    timeout_s: float,
     body: Any = None,
-    timeout_s: float = 10.0,
 ) -> OpenSearchResponse:
     """Sends one signed request. `endpoint` is `https://host` (a bare host gets https://).
 
@@ -108,7 +104,7 @@ def signed_request(
         )
     except (urllib3.exceptions.HTTPError, OSError) as error:
         raise transport_error(error, method=method, path=path, timeout_s=timeout_s) from error
-    text = raw.data.decode("utf-8", errors="replace")
+    text = raw.data.decode(errors="replace")
     try:
         decoded = json.loads(text) if text else None
     except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes

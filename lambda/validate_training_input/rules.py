@@ -117,11 +117,10 @@ def validate_request(request: Any, settings: Settings) -> dict[str, Any]:
         raise InputError(["the input must be a JSON object"])
     problems: list[str] = [f"unknown key {key!r} (allowed: {', '.join(ALLOWED_KEYS)})" for key in sorted(set(request) - set(ALLOWED_KEYS))]
     compile_only = request.get("compile_only", False)
-    if not isinstance(compile_only, bool):
+    if not isinstance(compile_only, bool):  # then checked as a training run
         problems.append(f"compile_only: expected true or false, got {compile_only!r}")
-        compile_only = False
     data = request.get("training_data_prefix")
-    if compile_only:
+    if compile_only is True:
         problems.extend(f"{key}: not used by a compile-only run (it compiles the base model as it is)" for key in sorted(set(request) - set(COMPILE_ONLY_KEYS)) if key in ALLOWED_KEYS)
     elif not isinstance(data, str) or not S3_PREFIX_PATTERN.match(data):
         problems.append(f"training_data_prefix: {data!r} must be a key prefix in the training bucket ending in '/' (lowercase, no s3://)")
@@ -172,16 +171,13 @@ def job_names(job_prefix: str, *, now: datetime | None = None, token: str | None
 
 def _list_keys(s3, bucket: str, prefix: str) -> list[dict[str, Any]]:
     keys: list[dict[str, Any]] = []
-    token = None
+    request = {"Bucket": bucket, "Prefix": prefix}
     while len(keys) < MAX_LISTED_KEYS:
-        kwargs = {"Bucket": bucket, "Prefix": prefix}
-        if token:
-            kwargs["ContinuationToken"] = token
-        page = s3.list_objects_v2(**kwargs)
-        keys.extend(page.get("Contents", []))
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token:
+        page = s3.list_objects_v2(**request)
+        keys.extend(page.get("Contents", []))  # an empty prefix has no Contents
+        if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
             break
+        request["ContinuationToken"] = page["NextContinuationToken"]
     return keys
 
 
@@ -195,7 +191,6 @@ def check_s3(s3, request: Mapping[str, Any], settings: Settings) -> dict[str, An
             problems.append(f"training_data_prefix: no *.jsonl object under s3://{settings.training_bucket}/{request['training_data_prefix']}")
     base = request["base_model_prefix"]
     model_keys = {item["Key"][len(base):] for item in _list_keys(s3, settings.artifacts_bucket, base)}
-    model_type = None
     if "config.json" not in model_keys:
         problems.append(f"base_model_prefix: no config.json under s3://{settings.artifacts_bucket}/{base}")
     else:
@@ -213,7 +208,8 @@ def check_s3(s3, request: Mapping[str, Any], settings: Settings) -> dict[str, An
             problems.append(f"base_model_prefix: no tokenizer.json or tokenizer.model under {base}")
     if problems:
         raise InputError(problems)
-    return {"data_files": len(data_keys), "data_bytes": sum(item.get("Size", 0) for item in data_keys), "model_type": model_type}
+    # No problem: config.json was read, so model_type is set. ListObjectsV2 always gives a Size.
+    return {"data_files": len(data_keys), "data_bytes": sum(item["Size"] for item in data_keys), "model_type": model_type}
 
 
 def prepare(request: Any, settings: Settings, s3, *, now: datetime | None = None, token: str | None = None) -> dict[str, Any]:

@@ -41,7 +41,7 @@ import os
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 from urllib.parse import urlsplit
 
@@ -155,7 +155,7 @@ def parse_index_name(value: Any) -> str:
         raise ResourceError(f"property IndexName is required (a lowercase index name), got {_short(value)}")
     if not INDEX_NAME_PATTERN.fullmatch(value) or len(value.encode()) > MAX_INDEX_NAME_BYTES:
         raise ResourceError(
-            f"property IndexName {_short(value, 80)} is not a valid index name: lowercase letters, digits, '-', '_' "
+            f"property IndexName {_short(value)} is not a valid index name: lowercase letters, digits, '-', '_' "
             f"and '.', not starting with '-', '_', '+' or '.', at most {MAX_INDEX_NAME_BYTES} bytes (Bedrock's pattern)"
         )
     return value
@@ -173,7 +173,6 @@ class IndexSpec:
     """The resource's properties, parsed. CloudFormation passes every scalar as a string."""
 
     endpoint: str
-    region: str
     index_name: str
     vector_field: str
     text_field: str
@@ -207,7 +206,7 @@ class IndexSpec:
         return f"reader-{self.index_name}"
 
     @classmethod
-    def from_properties(cls, props: Any, region: str, owner: Optional[str] = None) -> "IndexSpec":
+    def from_properties(cls, props: Any, owner: Optional[str] = None) -> "IndexSpec":
         """Create/Update: every property checked, each failure naming the property and what it must be."""
         if not isinstance(props, Mapping):
             raise ResourceError(f"ResourceProperties must be an object, got {_short(props)}")
@@ -217,7 +216,7 @@ class IndexSpec:
             if not isinstance(value, str) or not value.strip():
                 raise ResourceError(f"property {key} is required, got {_short(value)}")
             if not NAME_PATTERN.fullmatch(value):
-                raise ResourceError(f"property {key} {_short(value, 80)} must be a name of letters, digits, '_' or '-' "
+                raise ResourceError(f"property {key} {_short(value)} must be a name of letters, digits, '_' or '-' "
                                     "starting with a letter, at most 64 characters")
             return value
 
@@ -253,7 +252,6 @@ class IndexSpec:
                                 f"{vector_field!r}, {text_field!r}, {metadata_field!r}")
         return cls(
             endpoint=parse_endpoint(props.get("Endpoint")),
-            region=region,
             index_name=parse_index_name(props.get("IndexName")),
             vector_field=vector_field,
             text_field=text_field,
@@ -283,7 +281,7 @@ def parse_filterable_fields(value: Any, reserved: tuple[str, ...]) -> tuple[str,
     fields: list[str] = []
     for item in value:
         if not isinstance(item, str) or not NAME_PATTERN.fullmatch(item):
-            raise ResourceError(f"property FilterableFields: {_short(item, 80)} is not a field name (letters, digits, "
+            raise ResourceError(f"property FilterableFields: {_short(item)} is not a field name (letters, digits, "
                                 "'_' or '-', starting with a letter)")
         if item in reserved:
             raise ResourceError(f"property FilterableFields: '{item}' is the vector, text or metadata field; "
@@ -305,7 +303,7 @@ def parse_hybrid_weights(value: Any) -> tuple[float, float]:
         lexical, vector = (float(w) for w in value)
     except (TypeError, ValueError):
         raise ResourceError(problem) from None
-    if not all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in (lexical, vector)) or abs(lexical + vector - 1.0) > 1e-3:
+    if not all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in (lexical, vector)) or not math.isclose(lexical + vector, 1.0, abs_tol=1e-3):
         raise ResourceError(problem)
     return lexical, vector
 
@@ -323,8 +321,7 @@ class DeleteTarget:
         return f"{self.index_name}@{urlsplit(self.endpoint).netloc}"
 
     @classmethod
-    def from_properties(cls, props: Any) -> "DeleteTarget":
-        props = props if isinstance(props, Mapping) else {}
+    def from_properties(cls, props: Mapping[str, Any]) -> "DeleteTarget":
         return cls(endpoint=parse_endpoint(props.get("Endpoint")), index_name=parse_index_name(props.get("IndexName")),
                    retain_index=retain_flag(props.get("RetainIndex")))
 
@@ -403,7 +400,7 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict):
             flat.update(_flat(value, f"{prefix}{key}."))
         else:
-            flat[f"{prefix}{key}"] = str(value).lower() if isinstance(value, bool) else str(value)
+            flat[f"{prefix}{key}"] = str(value).lower()  # JSON true renders as "True" in Python
     return flat
 
 
@@ -411,7 +408,7 @@ def mapping_problems(existing_index: dict[str, Any], spec: IndexSpec) -> tuple[l
     """Returns (incompatibilities, filterable fields to add) for an index's GET response entry."""
     problems: list[str] = []
     settings = _flat(_dict(_dict(existing_index.get("settings")).get("index")))
-    if settings.get("knn", "false").lower() != "true":
+    if settings.get("knn") != "true":
         problems.append("setting index.knn is not true")
     properties = _dict(_dict(existing_index.get("mappings")).get("properties"))
 
@@ -435,10 +432,10 @@ def mapping_problems(existing_index: dict[str, Any], spec: IndexSpec) -> tuple[l
 
     text = properties.get(spec.text_field)
     if not isinstance(text, dict) or text.get("type") != "text" or text.get("index") is False:
-        problems.append(f"text field '{spec.text_field}' is {_short(text, 100)}, wanted an indexed 'text' field")
+        problems.append(f"text field '{spec.text_field}' is {_short(text)}, wanted an indexed 'text' field")
     metadata = properties.get(spec.metadata_field)
     if not isinstance(metadata, dict) or metadata.get("type") != "text":
-        problems.append(f"metadata field '{spec.metadata_field}' is {_short(metadata, 100)}, wanted type 'text'")
+        problems.append(f"metadata field '{spec.metadata_field}' is {_short(metadata)}, wanted type 'text'")
 
     to_add = []
     for name in spec.filterable_fields:
@@ -474,7 +471,6 @@ class Domain:
     credentials: Any
     backoff: Backoff
     deadline: float
-    calls: list[str] = field(default_factory=list)
 
     def call(self, method: str, path: str, body: Any = None) -> OpenSearchResponse:
         """Sends until a non-retryable answer (returned, whatever its status) or the deadline (raises).
@@ -484,7 +480,6 @@ class Domain:
         """
         attempt = 0
         while True:
-            self.calls.append(f"{method} {path}")
             try:
                 response = signed_request(
                     endpoint=self.endpoint,
@@ -514,10 +509,9 @@ class Domain:
             self.backoff.sleep(pause)
 
 
-def _error_type(response: OpenSearchResponse) -> str:
-    if isinstance(response.body, dict) and isinstance(response.body.get("error"), dict):
-        return str(response.body["error"].get("type", ""))
-    return ""
+def _already_exists(response: OpenSearchResponse) -> bool:
+    error = response.body.get("error") if isinstance(response.body, dict) else None
+    return isinstance(error, dict) and error.get("type") == "resource_already_exists_exception"
 
 
 def _index_path(index_name: str) -> str:
@@ -547,7 +541,7 @@ def ensure_index(domain: Domain, spec: IndexSpec) -> str:
         if created.ok:
             logger.info("index created", extra={"index": spec.index_name})
             return "created"
-        if _error_type(created) != "resource_already_exists_exception":
+        if not _already_exists(created):
             raise ResourceError(f"creating index {spec.index_name} failed: HTTP {created.status}: {_short(created.body)}")
         current = domain.call("GET", path)  # created concurrently: check it like any existing index
     existing = _index_entry(current)
@@ -711,7 +705,7 @@ def handle(event: Any, *, credentials: Any, region: str, backoff: Backoff, remai
         return delete(event, credentials=credentials, region=region, backoff=backoff, remaining_s=remaining_s)
     if request not in ("Create", "Update"):
         raise ResourceError(f"unsupported RequestType {_short(request)}")
-    spec = IndexSpec.from_properties(event.get("ResourceProperties"), region, owner=owner_of(event))
+    spec = IndexSpec.from_properties(event.get("ResourceProperties"), owner=owner_of(event))
     if credentials is None:
         raise ResourceError("no AWS credentials to sign the domain requests with (the function's role gave none)")
     domain = Domain(endpoint=spec.endpoint, region=region, credentials=credentials, backoff=backoff,

@@ -97,7 +97,7 @@ def validate_record(record: Any) -> list[str]:
         return ["neither a chat record ('messages') nor an instruction record ('instruction' + 'output')"]
     allowed = CHAT_KEYS if kind == "chat" else INSTRUCTION_KEYS
     for key in sorted(set(record) - allowed):
-        errors.append(f"unknown key {key!r} in a {kind} record (allowed: {', '.join(sorted(allowed))})")
+        errors.append(f"unknown key {key!r} for the {kind} format (allowed: {', '.join(sorted(allowed))})")
     if "id" in record and not isinstance(record["id"], str):
         errors.append("'id' must be a string")
     if "metadata" in record and not isinstance(record["metadata"], dict):
@@ -177,7 +177,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
-                yield number, raw.decode("utf-8").rstrip("\r\n"), None
+                yield number, raw.decode().rstrip("\r\n"), None  # the newline only: columns stay as written
             except UnicodeDecodeError as error:
                 yield number, None, f"not UTF-8 ({error.reason} at byte {error.start})"
 
@@ -220,7 +220,7 @@ def _validate_file(path: Path, report: DataReport, max_length_tokens: int | None
         characters = sum(len(m["content"]) for m in messages)
         if max_length_tokens and characters // CHARS_PER_TOKEN > max_length_tokens:
             report.warnings.append(Problem(name, number, f"about {characters // CHARS_PER_TOKEN} tokens: longer than max_length={max_length_tokens}, will be truncated"))
-        key = json.dumps(messages, sort_keys=True)
+        key = json.dumps(messages)  # to_messages builds every turn with the same key order
         if key in seen:
             report.warnings.append(Problem(name, number, f"duplicate of line {seen[key]}"))
         else:
@@ -233,7 +233,7 @@ def _validate_file(path: Path, report: DataReport, max_length_tokens: int | None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Validate fine-tuning data (JSON Lines, chat or instruction records); reports file:line: problem.")
     parser.add_argument("paths", nargs="+", help="*.jsonl files or directories holding them")
-    parser.add_argument("--max-length", type=int, default=None, help="warn about records longer than this many tokens (estimated)")
+    parser.add_argument("--max-length", type=int, help="warn about records longer than this many tokens (estimated)")
     parser.add_argument("--max-problems", type=int, default=50, help="print at most this many errors and warnings each")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)

@@ -27,7 +27,6 @@ transformers and peft are imported only inside the functions that train.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import inspect
 import json
@@ -123,8 +122,8 @@ def _neuron_cores(env: Mapping[str, str]) -> int | None:
     if env.get("WORLD_SIZE"):
         return int(env["WORLD_SIZE"])
     if env.get("SM_NUM_NEURONS"):
-        hosts = json.loads(env.get("SM_HOSTS", '["algo-1"]'))
-        return int(env["SM_NUM_NEURONS"]) * len(hosts)
+        hosts = len(json.loads(env.get("SM_HOSTS", "[1]")))  # one host unless SageMaker lists more
+        return int(env["SM_NUM_NEURONS"]) * hosts
     return None
 
 
@@ -163,7 +162,7 @@ def inspect_base_model(path: str | None, args: argparse.Namespace) -> tuple[dict
     if not (folder / "config.json").is_file():
         return {"checked": True, "path": str(folder)}, [f"base model: no config.json in {folder}"]
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((folder / "config.json").read_bytes())  # UTF-8 (json detects the encoding)
     except (ValueError, UnicodeDecodeError) as error:
         return {"checked": True, "path": str(folder)}, [f"base model: {folder / 'config.json'} is not valid JSON ({error})"]
     if not isinstance(config, dict):
@@ -263,7 +262,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     plan, errors, report = validate(args)
     if args.dry_run:
         # allow_nan=False: the output is JSON for other programs, never Python's NaN/Infinity.
-        print(json.dumps({"valid": not errors, "errors": errors, "plan": plan}, indent=2, default=str, allow_nan=False))
+        print(json.dumps({"valid": not errors, "errors": errors, "plan": plan}, indent=2, allow_nan=False))
         return EXIT_INVALID if errors else 0
     if errors:
         for error in errors:
@@ -285,10 +284,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
 
 def _supported_kwargs(target, candidates: dict[str, Any]) -> dict[str, Any]:
     """Keeps the keyword arguments `target` accepts (optimum-neuron/trl renamed a few between releases)."""
-    if dataclasses.is_dataclass(target):
-        names = {f.name for f in dataclasses.fields(target)}
-    else:
-        names = set(inspect.signature(target).parameters)
+    names = set(inspect.signature(target).parameters)  # a dataclass's signature lists its fields
     return {key: value for key, value in candidates.items() if key in names}
 
 
