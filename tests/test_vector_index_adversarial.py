@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared import opensearch_http
+from tests.fake_clock import FakeTime
 from vector_index import handler as vi
 
 CREDS = Credentials("AKIDTEST", "secret-test-key", "token")
@@ -87,19 +88,6 @@ def pool(monkeypatch) -> FakePool:
     fake = FakePool()
     monkeypatch.setattr(opensearch_http, "_POOL", fake)
     return fake
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def props(**overrides) -> dict[str, Any]:

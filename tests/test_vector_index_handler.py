@@ -19,6 +19,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from tests.fake_clock import FakeTime
 from vector_index import handler as vi
 
 CREDS = Credentials("AKIDTEST", "secret-test-key", "session-token-test")
@@ -119,19 +120,6 @@ def server():
     yield fresh
     httpd.shutdown()
     httpd.server_close()
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def backoff(fake: FakeTime, **overrides) -> vi.Backoff:

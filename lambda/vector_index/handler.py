@@ -139,7 +139,8 @@ def parse_endpoint(value: Any) -> str:
         text = f"https://{text}"
     try:
         parts = urlsplit(text)
-        host, port = parts.hostname, parts.port
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0..65535
     except ValueError as error:
         raise ResourceError(f"property Endpoint is not a URL ({error}): {_short(value)}") from None
     if (parts.scheme not in ("https", "http") or not host or not (HOST_PATTERN.fullmatch(host) or host == "::1") or parts.username is not None or parts.password is not None
