@@ -1,7 +1,7 @@
 """Every rule of the query API at its edge, as a caller or an operator sees it.
 
 The 400 messages (the caller corrects the request from them: each names the field), the routes and
-request ids, Contract 7's metrics with their units and values, the `query served` log record, the
+request ids, the query function's metrics with their units and values, the `query served` log record, the
 response timings, and how generators are chosen and reported unavailable. Time is a fake clock
 where a value depends on it, so every number is exact.
 """
@@ -180,7 +180,7 @@ def test_a_failure_while_reporting_a_failure_is_still_a_json_500(local, monkeypa
                     "error_type": "ApiError", "secondary_error_type": "RuntimeError"}
 
 
-# --- Contract 7: units and values of the metrics, the `query served` record ----------------------
+# --- Metrics: units and values of the metrics, the `query served` record ----------------------
 
 
 class FakeClock:
