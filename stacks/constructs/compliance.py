@@ -73,9 +73,15 @@ def acknowledge(construct: IConstruct, rule: str, reason: str) -> None:
     The reason must say why the finding is acceptable for this resource; it is shown in the
     validation report and reviewed like code.
     """
+    _acknowledge_all(construct, [rule], reason)
+
+
+def _acknowledge_all(construct: IConstruct, rules: list[str], reason: str) -> None:
+    """One call for several rules: each call crosses into the CDK's Node process (synth time)."""
     if len(reason) < 20:
-        raise ValueError(f"acknowledgement of {rule} on {construct.node.path} needs a specific reason")
-    cdk.Validations.of(construct).acknowledge(cdk.Acknowledgment(id=rule, reason=reason))
+        raise ValueError(f"acknowledgement of {', '.join(rules)} on {construct.node.path} needs a specific reason")
+    if rules:
+        cdk.Validations.of(construct).acknowledge(*(cdk.Acknowledgment(id=rule, reason=reason) for rule in rules))
 
 
 def accept(construct: IConstruct, reason: str, *, checkov: Iterable[str] = (), nag: Iterable[str] = ()) -> None:
@@ -87,11 +93,13 @@ def accept(construct: IConstruct, reason: str, *, checkov: Iterable[str] = (), n
     """
     for check in checkov:
         skip_check(construct, check, reason)
+    rules = []
     for rule in nag:
         if rule not in RULE_PACKS:
             raise ValueError(f"{rule!r}: say in RULE_PACKS which cdk-nag packs have this rule")
-        for pack in RULE_PACKS[rule]:
-            acknowledge(construct, f"{pack}-{rule}", reason)
+        rules += [f"{pack}-{rule}" for pack in RULE_PACKS[rule]]
+    if rules:
+        _acknowledge_all(construct, rules, reason)
 
 
 def accept_function(function: IConstruct, *, dead_letters: str, concurrency: str | None = None, environment: bool = True) -> None:
