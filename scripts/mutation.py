@@ -55,7 +55,7 @@ RUNS = OUT / "runs"
 DEFAULT_PATHS = ["lambda", "stacks/config.py", "model_artifacts/training"]
 # One mutmut run each: a run collects test coverage over its own tests only.
 UNITS = ["lambda/ingest", "lambda/query", "lambda/serving_record", "lambda/shared", "lambda/validate_training_input",
-         "lambda/vector_index", "stacks/config.py", "model_artifacts/training"]
+         "lambda/vector_index", "stacks/config.py", "model_artifacts/training", "evaluation", "local", "scripts"]
 PROGRESS_EVERY = 60.0
 TRAINING_MODULES = ("data_format", "train")  # model_artifacts/training/*.py, imported by file name
 
@@ -84,6 +84,10 @@ TESTS_FOR = {
     "lambda/vector_index": _VECTOR,
     "stacks/config.py": ["tests/test_config.py"],
     "model_artifacts/training": _TRAINING_DATA,
+    "evaluation": ["tests/test_evaluation_data.py", "tests/test_evaluation_harness.py", "tests/test_evaluation_metrics.py",
+                   "tests/test_evaluation_local.py"],
+    "local": ["tests/test_local_retrieval.py", "tests/test_local_server.py", "tests/test_evaluation_local.py"],
+    "scripts": ["tests/test_query_client.py", "tests/test_operator_scripts.py", "tests/test_validate_training_input.py"],
 }
 
 # Survivors that cannot change behaviour, by class: name, reason, test on the original and the
