@@ -44,6 +44,10 @@ class FakeEmbedder:
 
     def __init__(self) -> None:
         self.embedded: list[str] = []
+        self.loaded = False
+
+    def load(self) -> None:
+        self.loaded = True
 
     def _vector(self, text: str) -> np.ndarray:
         from local import text as textlib

@@ -1,0 +1,159 @@
+"""`python -m local`, in process: what each command prints and its exit status.
+
+The encoder is replaced by the fast FakeEmbedder (what a command prints does not depend on the
+model); the one subprocess check of the entry point is in test_local_server.py.
+"""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+
+import pytest
+
+from local import __main__ as cli
+from local import app, server
+from query import handler
+from tests.local_support import FakeEmbedder
+from tests.test_local_server import no_aws  # noqa: F401  (the fixture: no AWS credentials leak in)
+
+
+@pytest.fixture
+def local_env(monkeypatch, tmp_path, no_aws):  # noqa: F811
+    """A two-document folder, a fresh cache, and the fake encoders the commands made."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "keys.md").write_text("KMS rotates the key material every year.")
+    (folder / "logs.md").write_text("Audit logs are kept for a year in CloudWatch Logs.")
+    monkeypatch.setenv("LOCAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("LOCAL_DOCUMENTS", raising=False)
+    monkeypatch.delenv("PORT", raising=False)
+    embedders: list[FakeEmbedder] = []
+
+    def make_embedder():
+        embedders.append(FakeEmbedder())
+        return embedders[-1]
+
+    monkeypatch.setattr(app, "Embedder", make_embedder)
+    return SimpleNamespace(folder=folder, embedders=embedders)
+
+
+def test_index_reports_what_changed_and_fails_on_an_unreadable_document(local_env, capsys):
+    assert cli.main(["index", "--documents", str(local_env.folder)]) == 0
+    err = capsys.readouterr().err
+    assert "index: 2 added, 0 updated, 0 removed, 0 unchanged; 2 chunks and 2 sentences embedded in " in err
+    assert "embedding 2 chunks of 2 documents (and their sentences)" in err and "  4/4 texts embedded" in err
+
+    (local_env.folder / "keys.md").write_text("KMS rotates the key material every 365 days.")
+    (local_env.folder / "logs.md").unlink()
+    (local_env.folder / "bad.md").write_bytes(b"\xff\xfe not utf-8")
+    (local_env.folder / "slides.pptx").write_bytes(b"binary")
+    assert cli.main(["index", "--documents", str(local_env.folder)]) == 1  # a document was skipped
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-3].startswith("index: 0 added, 1 updated, 1 removed, 0 unchanged; 1 chunks and 1 sentences embedded in ")
+    assert lines[-2] == "skipped bad.md: not UTF-8 text (invalid start byte at byte 0)"
+    assert lines[-1] == "not indexed (unsupported type): slides.pptx"
+
+    assert cli.main(["index", "--documents", str(local_env.folder)]) == 1  # still there: still reported
+    assert "0 added, 0 updated, 0 removed, 1 unchanged; 0 chunks and 0 sentences" in capsys.readouterr().err
+    assert local_env.embedders[-1].embedded == []  # nothing changed, nothing embedded
+
+
+def test_many_unsupported_files_are_listed_ten_at_most(local_env, capsys):
+    for i in range(11):
+        (local_env.folder / f"f{i:02d}.pdf").write_bytes(b"%PDF")
+    cli.main(["index", "--documents", str(local_env.folder)])
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == "not indexed (unsupported type): " + ", ".join(f"f{i:02d}.pdf" for i in range(10)) + " ..."
+
+
+def test_documents_come_from_the_environment_when_no_option_names_them(local_env, monkeypatch, capsys):
+    monkeypatch.setenv("LOCAL_DOCUMENTS", str(local_env.folder))
+    assert cli.main(["index"]) == 0
+    assert "2 added" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["index", "--documents", "/no/such/folder"], "error: /no/such/folder: not a folder of documents (set LOCAL_DOCUMENTS or --documents)"),
+        (["index", "--stage", "nope"], "error: --stage nope: not a stage in cdk.json (stages: dev, prod)"),
+        (["status", "--stage", "nope"], "error: --stage nope: not a stage in cdk.json (stages: dev, prod)"),
+    ],
+)
+def test_configuration_errors_are_one_line_and_exit_1(local_env, monkeypatch, capsys, argv, message):
+    monkeypatch.setenv("LOCAL_DOCUMENTS", str(local_env.folder))
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err == message + "\n"
+
+
+def test_a_missing_command_is_a_usage_error():
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([])
+    assert exit_info.value.code == 2
+
+
+def test_status_lists_the_generators_and_checks_one(local_env, capsys):
+    argv = ["status", "--documents", str(local_env.folder)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "  extractive: available (local:extractive)"
+    assert out[1].startswith("  llm: not available: generator 'llm' needs llama-cpp-python: run `make local-llm`")
+    assert out[2].startswith("  bedrock: not available: generator 'bedrock' needs AWS credentials")
+
+    assert cli.main(argv + ["bedrock"]) == 1  # named and not available
+    assert cli.main(argv + ["extractive"]) == 0
+    assert cli.main(argv + ["finetuned"]) == 2
+    assert capsys.readouterr().err == "unknown generator 'finetuned'; local mode knows extractive, llm, bedrock\n"
+
+    assert cli.main(argv + ["extractive", "--smoke"]) == 0
+    from local import generators
+
+    assert capsys.readouterr().out.splitlines()[-1] == f"  extractive answered: {generators.NO_SOURCES!r}"
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "http", "", "80 "])
+def test_serve_refuses_a_port_that_is_not_1_to_65535(local_env, monkeypatch, capsys, port):
+    monkeypatch.setenv("PORT", port)
+    assert cli.main(["serve", "--documents", str(local_env.folder)]) == 1
+    assert capsys.readouterr().err == f"error: PORT={port!r}: a port number 1..65535\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_says_when_the_port_is_taken(local_env, monkeypatch, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("PORT", str(port))
+        assert cli.main(["serve", "--documents", str(local_env.folder)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); set PORT to a free port"
+
+
+def test_serve_indexes_loads_the_model_serves_and_stops_on_ctrl_c(local_env, monkeypatch, capsys):
+    port = _free_port()
+    monkeypatch.setenv("PORT", str(port))
+    seen = {}
+
+    def interrupted(self):  # what Ctrl-C does to serve_forever
+        seen["configured"] = handler._backend is self.mode.backend
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server.LocalServer, "serve_forever", interrupted)
+    assert cli.main(["serve", "--documents", str(local_env.folder)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"indexing {local_env.folder} (cache: {local_env.folder.parent / 'cache'})"
+    assert any(line.startswith("index: 2 added") for line in err)
+    assert "generators (first available answers by default):" in err and "  extractive: available (local:extractive)" in err
+    assert f"serving http://127.0.0.1:{port}/v1/query and http://127.0.0.1:{port}/v1/health (Ctrl-C stops)" in err
+    assert err[-1] == "stopped"
+    assert local_env.embedders[0].loaded  # the model loads before the first question, not during it
+    assert seen == {"configured": True} and handler._backend is None  # served the local backend, then closed
+    with socket.socket() as again:  # the port is free again
+        again.bind(("127.0.0.1", port))
