@@ -308,14 +308,6 @@ def test_compose_picks_follower_and_runner_up_sentences():
     assert extractive.compose(no_overlap, max_tokens=100) == "Best. [1]"
 
 
-def test_cli_reports_a_bad_port_in_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "local", "serve"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={**__import__("os").environ, "PORT": "http", "LOCAL_CACHE_DIR": str(tmp_path)},
-    )
-    assert result.returncode == 1 and result.stderr.strip() == "error: PORT='http': a port number 1..65535"
-
-
 def test_a_stage_config_shapes_local_mode():
     import json as _json
 
