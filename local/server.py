@@ -87,8 +87,7 @@ def make_handler(log: TextIO | None) -> type[BaseHTTPRequestHandler]:
                 print(f'{self.client_address[0]} "{self.command} {self.path}" {response["statusCode"]} {elapsed:.1f} ms', file=log, flush=True)
 
         def _send(self, response: dict[str, Any]) -> None:
-            raw = response.get("body") or ""
-            payload = base64.b64decode(raw) if response.get("isBase64Encoded") else raw.encode("utf-8")
+            payload = (response.get("body") or "").encode("utf-8")  # the query handler answers JSON text only
             self.send_response(response["statusCode"])
             for name, value in (response.get("headers") or {}).items():
                 self.send_header(name, str(value))
