@@ -73,9 +73,8 @@ class LocalConfig:
             "default_retriever": serving.default_retriever,
             "filterable_fields": tuple(search.filterable_fields),
         }
-        default_generator = getattr(serving, "default_generator", None)
-        if default_generator in LOCAL_GENERATORS:  # a deployed-only default (finetuned, base) means auto here
-            overrides["default_generator"] = default_generator
+        if serving.default_generator in LOCAL_GENERATORS:  # a deployed-only default (finetuned, base) means auto here
+            overrides["default_generator"] = serving.default_generator
         return LocalConfig(
             chunks=ChunkSettings(kb.chunk_max_tokens, kb.chunk_overlap_percentage),
             vector_weight=search.hybrid_vector_weight,
