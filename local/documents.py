@@ -44,11 +44,11 @@ class SourceFile:
     metadata_path: Path | None
 
     def fingerprint(self) -> str:
-        """SHA-256 of the content and the metadata file: any change to either re-indexes it."""
+        """SHA-256 of the content and the metadata file: any change to either re-indexes it,
+        adding or removing the metadata file included (even an empty one)."""
         digest = hashlib.sha256(self.path.read_bytes())
-        digest.update(b"\x00metadata\x00")
         if self.metadata_path is not None:
-            digest.update(self.metadata_path.read_bytes())
+            digest.update(b"\x00metadata\x00" + self.metadata_path.read_bytes())
         return digest.hexdigest()
 
 
