@@ -86,7 +86,10 @@ TESTS_FOR = {
     "model_artifacts/training": _TRAINING_DATA,
     "evaluation": ["tests/test_evaluation_data.py", "tests/test_evaluation_harness.py", "tests/test_evaluation_metrics.py",
                    "tests/test_evaluation_local.py"],
-    "local": ["tests/test_local_retrieval.py", "tests/test_local_server.py", "tests/test_evaluation_local.py"],
+    "local": ["tests/test_local_text.py", "tests/test_local_chunking.py", "tests/test_local_documents.py", "tests/test_local_store.py",
+              "tests/test_local_indexer.py", "tests/test_local_embedding.py", "tests/test_local_extractive.py",
+              "tests/test_local_generators.py", "tests/test_local_app.py", "tests/test_local_http.py", "tests/test_local_cli.py",
+              "tests/test_local_retrieval.py", "tests/test_local_server.py", "tests/test_evaluation_local.py"],
     "scripts": ["tests/test_query_client.py", "tests/test_operator_scripts.py", "tests/test_validate_training_input.py"],
 }
 
