@@ -61,7 +61,7 @@ class ExtractiveGenerator:
     def _vectors(self, index: Index, pool: list[extractive.Candidate]) -> np.ndarray:
         """Sentence vectors from the index; sentences it does not hold are embedded now."""
         missing = [c.text for c in pool if c.key not in index.sentence_vectors]
-        fresh = iter(self._embedder.embed(missing)) if missing else iter(())
+        fresh = iter(self._embedder.embed(missing))  # embedding nothing costs nothing
         return np.stack([index.sentence_vectors[c.key] if c.key in index.sentence_vectors else next(fresh) for c in pool])
 
 

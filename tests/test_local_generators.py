@@ -152,13 +152,19 @@ def aws_env(monkeypatch, no_aws):  # noqa: F811
     from query import aws_backend
     from shared.endpoint_codec import Generation
 
-    monkeypatch.setattr(aws_backend.BedrockGenerator, "generate", lambda self, prompt, **_: Generation(self.settings.region, None, None))
+    def generate(self, prompt, **arguments):  # the deployed generator's call, stubbed: what it was given
+        calls.append((self, prompt, arguments))
+        return Generation(self.settings.region, None, None)
+
+    calls: list = []
+    monkeypatch.setattr(aws_backend.BedrockGenerator, "generate", generate)
 
     def set_env(**values):
         for name, value in values.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setattr(aws_clients, "_session", None)
 
+    set_env.calls = calls
     return set_env
 
 
@@ -177,11 +183,27 @@ def test_bedrock_status_says_what_is_missing_and_is_rechecked_after_its_ttl(aws_
     assert generator.status() is status  # cached: credentials are not looked up on every request
     clock.now = generators.BedrockGenerator.STATUS_TTL_S
     status = generator.status()
-    assert not status.available and status.reason == "generator 'bedrock' needs a region: set AWS_REGION (or a region in your profile)"
+    assert (status.name, status.available, status.model, status.reason, status.context_tokens) == (
+        "bedrock", False, "amazon.nova-lite-v1:0", "generator 'bedrock' needs a region: set AWS_REGION (or a region in your profile)", 300_000)
     aws_env(AWS_REGION="eu-west-1")
     clock.now *= 2
     status = generator.status()
-    assert status.available and status.reason is None and _region_used(generator) == "eu-west-1"
+    assert (status.name, status.available, status.model, status.reason, status.context_tokens) == (
+        "bedrock", True, "amazon.nova-lite-v1:0", None, 300_000)
+    assert _region_used(generator) == "eu-west-1"
+
+
+def test_bedrock_passes_the_request_on_to_one_deployed_generator_per_region(aws_env):
+    aws_env(AWS_ACCESS_KEY_ID="AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY="secret", AWS_REGION="us-west-2")
+    generator = generators.BedrockGenerator("amazon.nova-lite-v1:0")
+    prompt = prompts.Prompt("system", "user")
+    passages = [prompts.Passage(1, "text", "a.md", 0.5)]
+    for _ in range(2):
+        generator.generate(prompt, question="q?", passages=passages, max_tokens=64, temperature=0.3)
+    (first, sent, arguments), (second, _, _) = aws_env.calls
+    assert first is second and sent is prompt  # one deployed generator for the region, reused
+    assert arguments == {"question": "q?", "passages": passages, "max_tokens": 64, "temperature": 0.3}
+    assert (first.settings.region, first.settings.bedrock_model_arn) == ("us-west-2", "amazon.nova-lite-v1:0")
 
 
 def test_bedrock_region_from_the_profile_wins(aws_env, tmp_path):
