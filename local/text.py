@@ -124,11 +124,12 @@ def sentences(text: str) -> list[Sentence]:
     out: list[Sentence] = []
     for start, end, heading in _blocks(text):
         if heading:
-            out.append(Sentence(start, end, True))
+            _add(out, text, start, end, heading=True)
             continue
         block = text[start:end]
         cursor = 0
-        for match in _ENDERS.finditer(block):
+        marker = _MARKUP.match(block)  # "1. " opens a list item: its dot ends no sentence
+        for match in _ENDERS.finditer(block, marker.end() if marker else 0):
             stop = match.end()
             if block[match.start()] == "." and _abbreviation_before(block, match.start()):
                 continue
@@ -146,13 +147,13 @@ def _abbreviation_before(block: str, dot: int) -> bool:
     return token in _ABBREVIATIONS or (len(token) == 1 and token.isalpha())
 
 
-def _add(out: list[Sentence], text: str, start: int, end: int) -> None:
+def _add(out: list[Sentence], text: str, start: int, end: int, heading: bool = False) -> None:
     while start < end and text[start].isspace():
         start += 1
     while end > start and text[end - 1].isspace():
         end -= 1
     if end > start:
-        out.append(Sentence(start, end, False))
+        out.append(Sentence(start, end, heading))
 
 
 def _blocks(text: str):
@@ -190,20 +191,25 @@ def display(sentence: str) -> str:
     return " ".join(_EMPHASIS.sub("", _MARKUP.sub("", sentence)).split())
 
 
-# English inflections the extractive answerer folds together ("deleted" ~ "deletion" ~ "deletes").
-# Deliberately small: BM25 itself does not stem, like the index's standard analyzer.
+# English inflections the extractive answerer folds together ("delete" ~ "deleted" ~ "deletion" ~
+# "deletes" ~ "deleting": "delet"). Deliberately small: BM25 itself does not stem, like the index's
+# standard analyzer.
 _SUFFIXES = ("ings", "ing", "ions", "ion", "ied", "ies", "ed", "es", "s")
+_NOT_PLURAL = ("ss", "us", "is")  # class, status, analysis
+_SIBILANTS = ("s", "x", "z", "ch", "sh")  # boxes, classes, matches: "es" is the plural ending
 
 
 def stem(term: str) -> str:
-    if len(term) <= 4 or not term.isascii() or not term.isalpha():
+    if not term.isascii() or not term.isalpha():
         return term
-    for suffix in _SUFFIXES:
-        if term.endswith(suffix) and len(term) - len(suffix) >= 3:
-            base = term[: -len(suffix)]
-            if suffix in ("ied", "ies"):
-                return base + "y"
-            if suffix == "es" and not base.endswith(("s", "x", "z", "ch", "sh")):
-                return base + "e"
-            return base
-    return term
+    if len(term) > 4 and not term.endswith(_NOT_PLURAL):
+        for suffix in _SUFFIXES:
+            if term.endswith(suffix) and len(term) - len(suffix) >= 3:
+                base = term[: -len(suffix)]
+                if suffix in ("ied", "ies"):
+                    return base + "y"
+                if suffix == "es" and base.endswith(_SIBILANTS):
+                    return base
+                term = base
+                break
+    return term[:-1] if len(term) >= 4 and term.endswith("e") else term  # "delete", "deletes" -> "delet"
