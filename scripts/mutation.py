@@ -178,6 +178,25 @@ def _http_method_case(original: ast.AST, mutant: ast.AST, changed: list[str]) ->
     return isinstance(holder, ast.Call) and bool(holder.args) and holder.args[0] is constant and _call_name(holder) in HTTP_CALLS
 
 
+def _request_header_read_case(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
+    """Only the case of the name in `self.headers.get(name, ...)` changed, inside a subclass of
+    http.server's BaseHTTPRequestHandler (whose request headers are an email.message.Message)."""
+    found = _differences(_named(original, ""), _named(mutant, ""))
+    if len(found) != 1:
+        return False
+    left, right, parents = found[0]
+    if not (isinstance(left, str) and isinstance(right, str) and left.lower() == right.lower() and len(parents) >= 2):
+        return False
+    constant, call = parents[-1], parents[-2]
+    if not (isinstance(call, ast.Call) and call.args and call.args[0] is constant and _call_name(call) == "get"):
+        return False
+    receiver = call.func.value
+    if not (isinstance(receiver, ast.Attribute) and receiver.attr == "headers" and getattr(receiver.value, "id", "") == "self"):
+        return False
+    return any(isinstance(p, ast.ClassDef) and any(getattr(b, "id", getattr(b, "attr", "")) == "BaseHTTPRequestHandler" for b in p.bases)
+               for p in parents)
+
+
 ARGPARSE_CALLS = {"ArgumentParser", "add_argument", "add_argument_group", "add_mutually_exclusive_group"}
 
 
@@ -217,6 +236,10 @@ EQUIVALENT = [
                          "method.upper(): a mutant that only lower-cases the method of a signed call sends and signs "
                          "the same request",
      _http_method_case),
+    ("request header read case", "http.server parses request headers into an email.message.Message, whose get() compares "
+                                 "names case-insensitively: a mutant that only changes the case of the name a request "
+                                 "handler reads reads the same header",
+     _request_header_read_case),
     ("help text", "the mutant changes only what --help prints (an argparse help or description text, or a group "
                   "title): the options, their types and defaults are unchanged",
      _help_text_only),
