@@ -79,7 +79,7 @@ class Embedder:
     def embed_one(self, text: str) -> np.ndarray:
         encoder = self._encoder()
         with self._encoding:
-            return encoder.encode([text])[0].astype(np.float32, copy=False)
+            return encoder.encode([text])[0].astype(np.float32)
 
     def forget_queries(self) -> None:
         """Empties the question cache (benchmarks time cold questions)."""

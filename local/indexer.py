@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from . import chunking, documents
 from . import text as textlib
 from .embedding import Embedder
@@ -102,7 +100,7 @@ def sync(folder: Path, store: Store, embedder: Embedder, settings: ChunkSettings
             last_report[0] = time.perf_counter()
             progress(f"  {done}/{total} texts embedded")
 
-    vectors = embedder.embed(texts, progress=on_batch) if texts else np.zeros((0, 0), np.float32)
+    vectors = embedder.embed(texts, progress=on_batch) if texts else ()  # nothing to embed: the model is not even loaded
     chunk_offset, sentence_offset = 0, sum(len(p.chunks) for p in pending)
     for p in pending:
         chunk_vectors = vectors[chunk_offset : chunk_offset + len(p.chunks)]

@@ -52,7 +52,6 @@ def sentence_key(sentence: str) -> str:
 
 class Store:
     def __init__(self, path: Path, fingerprint: str):
-        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.execute("PRAGMA foreign_keys = ON")
@@ -100,15 +99,14 @@ class Store:
 
     def load(self) -> Index:
         docs = self._db.execute("SELECT doc_id, metadata FROM documents ORDER BY doc_id").fetchall()
-        rows = self._db.execute('SELECT doc_id, seq, text, vector FROM chunks ORDER BY doc_id, seq').fetchall()
+        rows = self._db.execute("SELECT doc_id, text, vector FROM chunks ORDER BY doc_id, seq").fetchall()
         sentences = {key: np.frombuffer(blob, dtype=np.float32) for key, blob in self._db.execute("SELECT hash, vector FROM sentences")}
         return Index(
             doc_ids=[d for d, _ in docs],
             doc_metadata=[json.loads(m) for _, m in docs],
             chunk_docs=[r[0] for r in rows],
-            chunk_seqs=[r[1] for r in rows],
-            chunk_texts=[r[2] for r in rows],
-            vectors=np.stack([np.frombuffer(r[3], dtype=np.float32) for r in rows]) if rows else np.zeros((0, DIMENSIONS), np.float32),
+            chunk_texts=[r[1] for r in rows],
+            vectors=np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows]) if rows else np.zeros((0, DIMENSIONS), np.float32),
             sentence_vectors=sentences,
         )
 
@@ -132,7 +130,6 @@ class Index:
         doc_ids: list[str],
         doc_metadata: list[dict[str, Any]],
         chunk_docs: list[str],
-        chunk_seqs: list[int],
         chunk_texts: list[str],
         vectors: np.ndarray,
         sentence_vectors: dict[str, np.ndarray],
@@ -141,7 +138,6 @@ class Index:
         self.doc_metadata = doc_metadata
         position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
         self.chunk_doc_ids = chunk_docs
-        self.chunk_seqs = chunk_seqs
         self.chunk_texts = chunk_texts
         self.chunk_doc = np.array([position[d] for d in chunk_docs], dtype=np.int64)
         self.vectors = vectors
@@ -155,7 +151,7 @@ class Index:
     def _build_postings(self) -> None:
         rows: dict[str, list[int]] = defaultdict(list)
         freqs: dict[str, list[int]] = defaultdict(list)
-        lengths = np.zeros(len(self.chunk_texts), dtype=np.float64)
+        lengths = np.zeros(len(self.chunk_texts))
         for row, chunk_text in enumerate(self.chunk_texts):
             counts = Counter(textlib.terms(chunk_text))
             lengths[row] = sum(counts.values())
@@ -192,7 +188,7 @@ class Index:
         return _top(scores, top_k, mask, positive_only=False)
 
     def bm25_scores(self, query_terms: Iterable[str]) -> np.ndarray:
-        scores = np.zeros(len(self), dtype=np.float64)
+        scores = np.zeros(len(self))
         for term in set(query_terms):
             posting = self.postings.get(term)
             if posting is None:

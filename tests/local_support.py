@@ -44,6 +44,7 @@ class FakeEmbedder:
 
     def __init__(self) -> None:
         self.embedded: list[str] = []
+        self.embed_calls = 0
         self.loaded = False
 
     def load(self) -> None:
@@ -58,6 +59,7 @@ class FakeEmbedder:
         return vector / np.linalg.norm(vector)
 
     def embed(self, texts, progress=None) -> np.ndarray:
+        self.embed_calls += 1
         self.embedded.extend(texts)
         if progress:
             progress(len(texts), len(texts))

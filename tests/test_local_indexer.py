@@ -82,7 +82,18 @@ def test_each_folder_has_its_own_index_file_however_its_path_is_written(tmp_path
     monkeypatch.chdir(tmp_path)
     again = FakeEmbedder()
     index, report = indexer.open_index(tmp_path / "docs" / ".." / "docs", cache, again, DEFAULT_CHUNKS)
-    assert index.doc_ids == ["a.md"] and report.unchanged == 1 and again.embedded == []
+    assert index.doc_ids == ["a.md"] and report.unchanged == 1 and again.embed_calls == 0  # nothing embedded: no model load
+
+
+def test_an_empty_document_is_indexed_without_embedding_anything(tmp_path):
+    folder = _folder(tmp_path, **{"empty.md": "  \n", "a.md": "Alpha text here."})
+    indexer.open_index(folder, tmp_path / "cache", FakeEmbedder(), DEFAULT_CHUNKS)
+    (folder / "a.md").unlink()
+    (folder / "empty.md").write_text("\n\n")
+    embedder = FakeEmbedder()
+    index, report = indexer.open_index(folder, tmp_path / "cache", embedder, DEFAULT_CHUNKS)
+    assert (report.updated, report.removed, embedder.embed_calls) == (["empty.md"], ["a.md"], 0)
+    assert index.doc_ids == ["empty.md"] and len(index) == 0
 
 
 def test_the_fingerprint_covers_the_model_the_chunking_and_the_analyzer(monkeypatch):

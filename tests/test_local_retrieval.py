@@ -196,7 +196,7 @@ def test_combination_is_the_weighted_mean_with_missing_scores_as_zero():
 
 def test_bm25_matches_lucenes_formula_on_a_tiny_corpus():
     index = store.Index(
-        doc_ids=["d"], doc_metadata=[{}], chunk_docs=["d", "d", "d"], chunk_seqs=[0, 1, 2],
+        doc_ids=["d"], doc_metadata=[{}], chunk_docs=["d", "d", "d"],
         chunk_texts=["apple apple banana", "banana cherry", "cherry cherry cherry date"],
         vectors=np.eye(3, 512, dtype=np.float32), sentence_vectors={},
     )

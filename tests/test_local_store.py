@@ -45,7 +45,7 @@ def _index(texts, metadata_by_doc, chunk_docs=None, vectors=None):
         vectors = np.eye(len(texts), embedding.DIMENSIONS, dtype=np.float32)
     return store.Index(
         doc_ids=doc_ids, doc_metadata=[metadata_by_doc[d] for d in doc_ids], chunk_docs=chunk_docs,
-        chunk_seqs=list(range(len(texts))), chunk_texts=texts, vectors=vectors, sentence_vectors={},
+        chunk_texts=texts, vectors=vectors, sentence_vectors={},
     )
 
 
@@ -142,14 +142,16 @@ def test_the_store_keeps_documents_across_reopens_and_rebuilds_on_a_new_fingerpr
     assert not first.rebuilt and first.hashes() == {}
     first.replace("b.md", "sha-b", {"year": 2024}, _chunks("b one", "b two"), np.stack([_vec(0), _vec(1)]), {"k1": _vec(2)})
     first.replace("a.md", "sha-a", {}, _chunks("a one"), np.stack([_vec(3)]), {})
+    first.replace("c.md", "sha-c", {}, _chunks("c one"), np.stack([_vec(7)]), {})
     first.replace("b.md", "sha-b2", {"year": 2025}, _chunks("b new"), np.stack([_vec(4)]), {"k2": _vec(5)})  # replaced whole
     first.close()
 
     again = store.Store(path, "fp-1")
-    assert not again.rebuilt and again.hashes() == {"a.md": "sha-a", "b.md": "sha-b2"}
+    assert not again.rebuilt and again.hashes() == {"a.md": "sha-a", "b.md": "sha-b2", "c.md": "sha-c"}
+    again.remove("c.md")
     index = again.load()
     assert index.doc_ids == ["a.md", "b.md"] and index.doc_metadata == [{}, {"year": 2025}]
-    assert index.chunk_doc_ids == ["a.md", "b.md"] and index.chunk_texts == ["a one", "b new"] and index.chunk_seqs == [0, 0]
+    assert index.chunk_doc_ids == ["a.md", "b.md"] and index.chunk_texts == ["a one", "b new"]
     assert index.vectors.dtype == np.float32 and (index.vectors == np.stack([_vec(3), _vec(4)])).all()
     assert set(index.sentence_vectors) == {"k2"} and (index.sentence_vectors["k2"] == _vec(5)).all()  # b.md's old sentences went with it
     again.remove("b.md")
@@ -160,6 +162,15 @@ def test_the_store_keeps_documents_across_reopens_and_rebuilds_on_a_new_fingerpr
     assert changed.rebuilt and changed.hashes() == {} and len(changed.load()) == 0
     changed.close()
     assert not store.Store(path, "fp-2").rebuilt  # the new fingerprint was stored
+
+
+def test_a_documents_chunks_load_in_reading_order(tmp_path):
+    db = store.Store(tmp_path / "index.sqlite", "fp")
+    one, two, three = _chunks("one", "two", "three")
+    db.replace("a.md", "sha", {}, [three, one, two], np.stack([_vec(2), _vec(0), _vec(1)]), {})  # handed over in any order
+    index = db.load()
+    assert index.chunk_texts == ["one", "two", "three"] and (index.vectors == np.stack([_vec(0), _vec(1), _vec(2)])).all()
+    db.close()
 
 
 def test_a_failed_replace_leaves_the_previous_document(tmp_path):
