@@ -123,7 +123,7 @@ def _attribute_value(value: Any, where: str) -> Any:
         typed = value.get("value")
         if not isinstance(typed, dict):
             raise DocumentError(f"{where}: an object needs a 'value' with a type")
-        kind = str(typed.get("type", "")).upper()
+        kind = str(typed.get("type")).upper()  # no type: "NONE", which names no field
         field = {"STRING": "stringValue", "NUMBER": "numberValue", "BOOLEAN": "booleanValue", "STRING_LIST": "stringListValue"}.get(kind)
         if field is None or field not in typed:
             raise DocumentError(f"{where}: type must be STRING, NUMBER, BOOLEAN or STRING_LIST with its value")

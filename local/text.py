@@ -143,7 +143,7 @@ def _abbreviation_before(block: str, dot: int) -> bool:
     word = re.search(r"([\w.]+)$", block[:dot])
     if not word:
         return False
-    token = word.group(1).lower().rstrip(".")
+    token = word.group(1).lower()
     return token in _ABBREVIATIONS or (len(token) == 1 and token.isalpha())
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import codecs
 import copy
 import difflib
 import json
@@ -197,6 +198,26 @@ def _request_header_read_case(original: ast.AST, mutant: ast.AST, changed: list[
                for p in parents)
 
 
+def _codec_name_case(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
+    """Only the case of a codec name changed: the first argument of encode()/decode() or an
+    `encoding=` keyword, naming the same codec either way (codecs.lookup normalizes names)."""
+    found = _differences(_named(original, ""), _named(mutant, ""))
+    if len(found) != 1:
+        return False
+    left, right, parents = found[0]
+    if not (isinstance(left, str) and isinstance(right, str) and left.lower() == right.lower() and len(parents) >= 2):
+        return False
+    try:
+        if codecs.lookup(left).name != codecs.lookup(right).name:
+            return False
+    except LookupError:
+        return False
+    constant, holder = parents[-1], parents[-2]
+    if isinstance(holder, ast.keyword):
+        return holder.arg == "encoding"
+    return isinstance(holder, ast.Call) and bool(holder.args) and holder.args[0] is constant and _call_name(holder) in ("encode", "decode")
+
+
 ARGPARSE_CALLS = {"ArgumentParser", "add_argument", "add_argument_group", "add_mutually_exclusive_group"}
 
 
@@ -240,6 +261,9 @@ EQUIVALENT = [
                                  "names case-insensitively: a mutant that only changes the case of the name a request "
                                  "handler reads reads the same header",
      _request_header_read_case),
+    ("codec name case", "Python looks codecs up case-insensitively (codecs.lookup normalizes the name): a mutant that "
+                        "only changes the case of an encode()/decode() codec or an encoding= argument uses the same codec",
+     _codec_name_case),
     ("help text", "the mutant changes only what --help prints (an argparse help or description text, or a group "
                   "title): the options, their types and defaults are unchanged",
      _help_text_only),

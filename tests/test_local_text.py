@@ -60,6 +60,9 @@ def test_terms(text, terms):
         ("It costs approx. 30 euros, e.g. 2 fares. Then.", ["It costs approx. 30 euros, e.g. 2 fares.", "Then."]),
         ('He said "stop." Then left.', ['He said "stop."', "Then left."]),  # closing quotes stay with their sentence
         ("Is it? Yes! No.", ["Is it?", "Yes!", "No."]),
+        ("Say it (twice). Then go.", ["Say it (twice).", "Then go."]),  # no word right before the dot
+        ("Wait for plan B... Then go.", ["Wait for plan B...", "Then go."]),  # an ellipsis is no initial
+        ("It was i.e. fine. Done.", ["It was i.e. fine.", "Done."]),
         ("Version 2.5 is out. Next", ["Version 2.5 is out.", "Next"]),
         ("「はい。」と言った。次", ["「はい。」", "と言った。", "次"]),
         ("Line one\ncontinues here.\n\nNew paragraph", ["Line one\ncontinues here.", "New paragraph"]),
