@@ -218,6 +218,34 @@ def _codec_name_case(original: ast.AST, mutant: ast.AST, changed: list[str]) -> 
     return isinstance(holder, ast.Call) and bool(holder.args) and holder.args[0] is constant and _call_name(holder) in ("encode", "decode")
 
 
+SQL_CALLS = {"execute", "executemany", "executescript"}
+# Case-sensitive parts of an SQL text: quoted strings and identifiers, named parameters.
+SQL_CASE_KEPT = re.compile(r"'[^']*'|\"[^\"]*\"|[:@$]\w+")
+_module_imports: set[str] = set()  # the top-level modules the file being classified imports (set by summarize)
+
+
+def _sqlite_case(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
+    """In a module that imports sqlite3, only the case of the SQL text given to execute(),
+    executemany() or executescript() changed, outside quoted strings, quoted identifiers and
+    named parameters."""
+    if "sqlite3" not in _module_imports:
+        return False
+    found = _differences(_named(original, ""), _named(mutant, ""))
+    if len(found) != 1:
+        return False
+    left, right, parents = found[0]
+    if not (isinstance(left, str) and isinstance(right, str) and left.lower() == right.lower() and len(parents) >= 2):
+        return False
+    constant, call = parents[-1], parents[-2]
+    return (isinstance(call, ast.Call) and bool(call.args) and call.args[0] is constant and _call_name(call) in SQL_CALLS
+            and SQL_CASE_KEPT.findall(left) == SQL_CASE_KEPT.findall(right))
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return names | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+
 ARGPARSE_CALLS = {"ArgumentParser", "add_argument", "add_argument_group", "add_mutually_exclusive_group"}
 
 
@@ -264,6 +292,10 @@ EQUIVALENT = [
     ("codec name case", "Python looks codecs up case-insensitively (codecs.lookup normalizes the name): a mutant that "
                         "only changes the case of an encode()/decode() codec or an encoding= argument uses the same codec",
      _codec_name_case),
+    ("SQLite keyword case", "SQLite reads keywords, table and column names case-insensitively: a mutant that only "
+                            "changes the case of an execute()d SQL text, its quoted strings, quoted identifiers and "
+                            "named parameters unchanged, runs the same statement",
+     _sqlite_case),
     ("help text", "the mutant changes only what --help prints (an argparse help or description text, or a group "
                   "title): the options, their types and defaults are unchanged",
      _help_text_only),
@@ -408,6 +440,7 @@ def _source_line(source: list[str], original_name: str, changed: list[str]) -> i
 
 def summarize(path: str, tests: list[str], work: Path) -> dict:
     """Statuses from mutmut's .meta files, each survivor classified against EQUIVALENT."""
+    global _module_imports
     per_file: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     survivors: list[dict] = []
     equivalent: list[dict] = []
@@ -423,7 +456,7 @@ def summarize(path: str, tests: list[str], work: Path) -> dict:
             if status in ("survived", "no tests", "suspicious"):
                 if functions is None:
                     tree = ast.parse(mutated.read_text())
-                    functions = _functions(tree)
+                    functions, _module_imports = _functions(tree), _imports(tree)
                 mutant_fn = name.rsplit(".", 1)[-1]
                 original_fn = mutant_fn.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"
                 original, mutant = functions.get(original_fn), functions.get(mutant_fn)
