@@ -71,7 +71,7 @@ def make_handler(log: TextIO | None) -> type[BaseHTTPRequestHandler]:
             started = time.perf_counter()
             request_id = str(uuid.uuid4())
             length = self.headers.get("Content-Length")
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            if "Transfer-Encoding" in self.headers:  # a body that is not delimited by Content-Length, "gzip, chunked" too
                 response = _error(411, "send the body with a Content-Length", request_id)
                 self.close_connection = True
             elif length is not None and (not length.isdigit() or int(length) > MAX_REQUEST_BYTES):

@@ -161,6 +161,26 @@ def _header_name_case(original: ast.AST, mutant: ast.AST, changed: list[str]) ->
             and isinstance(keyword, ast.keyword) and keyword.arg == "headers")
 
 
+def _response_header_name_case(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
+    """Only the case of a response header name changed: a key of the dict literal under "headers"
+    in a proxy-response dict literal ({"statusCode": ..., "headers": {...}}), or the name given to
+    BaseHTTPRequestHandler.send_header()."""
+    found = _differences(_named(original, ""), _named(mutant, ""))
+    if len(found) != 1:
+        return False
+    left, right, parents = found[0]
+    if not (isinstance(left, str) and isinstance(right, str) and left.lower() == right.lower() and len(parents) >= 2):
+        return False
+    constant, holder = parents[-1], parents[-2]
+    if isinstance(holder, ast.Call):
+        return bool(holder.args) and holder.args[0] is constant and _call_name(holder) == "send_header"
+    if not (isinstance(holder, ast.Dict) and any(key is constant for key in holder.keys) and len(parents) >= 3):
+        return False
+    response = parents[-3]
+    return (isinstance(response, ast.Dict) and any(isinstance(k, ast.Constant) and k.value == "statusCode" for k in response.keys)
+            and any(isinstance(k, ast.Constant) and k.value == "headers" and v is holder for k, v in zip(response.keys, response.values)))
+
+
 HTTP_METHODS = {"GET", "PUT", "POST", "DELETE", "HEAD", "PATCH"}
 HTTP_CALLS = {"call", "request", "signed_request"}  # Domain.call, urllib3's request, opensearch_http.signed_request
 
@@ -281,6 +301,11 @@ EQUIVALENT = [
                          "str.capitalize() to them, HTTP/1.1 field names are case-insensitive): a mutant that only "
                          "changes the case of a header name sends the same request",
      _header_name_case),
+    ("response header name case", "HTTP field names are case-insensitive (RFC 9110, 5.1) and every client reads them so "
+                                  "(http.client, urllib, botocore, browsers): a mutant that only changes the case of a "
+                                  "response header name (an API Gateway proxy response's `headers` keys, or send_header's "
+                                  "name) sends the same header",
+     _response_header_name_case),
     ("HTTP method case", "urllib3's request() upper-cases the method before sending it and botocore's SigV4 signs "
                          "method.upper(): a mutant that only lower-cases the method of a signed call sends and signs "
                          "the same request",

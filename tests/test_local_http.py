@@ -49,10 +49,17 @@ def exchange(local, raw: bytes) -> tuple[int, dict[str, str], dict]:
     return status, headers, json.loads(body)
 
 
-def test_a_chunked_body_is_refused_with_411_and_the_connection_closed(running):
-    status, headers, body = exchange(running, b"POST /v1/query HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n")
+@pytest.mark.parametrize("coding", ["chunked", "Chunked", "gzip, chunked"])
+def test_a_chunked_body_is_refused_with_411_and_the_connection_closed(running, coding):
+    status, headers, body = exchange(running, f"POST /v1/query HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {coding}\r\n\r\n0\r\n\r\n".encode())
     assert status == 411 and body["message"] == "send the body with a Content-Length"
-    assert body["request_id"] == headers["x-request-id"] and headers["content-type"] == "application/json"
+    assert re.fullmatch(r"[0-9a-f-]{36}", body["request_id"]) and body["request_id"] == headers["x-request-id"]
+    assert headers["content-type"] == "application/json" and headers["server"].startswith("rag-local ")
+
+
+def test_a_post_without_a_body_reaches_the_handler_as_no_body(running):
+    status, _, body = exchange(running, b"POST /v1/query HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status == 400 and body["message"] == "body: a JSON object is required"
 
 
 @pytest.mark.parametrize("length", ["abc", "-1", str(server.MAX_REQUEST_BYTES + 1)])
