@@ -73,7 +73,6 @@ class LlamaGenerator:
     def __init__(self, threads: int | None = None):
         self._threads = threads or max(1, min(4, os.cpu_count() or 1))
         self._model = None
-        self._model_name: str | None = None
         self._lock = threading.Lock()
         self._load_error: str | None = None
 
