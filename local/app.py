@@ -116,14 +116,13 @@ class LocalMode:
         self._index: Index | None = None
         self._lock = threading.Lock()
         self.retrievers = LocalRetrievers(self.index, self.embedder, config.vector_weight)
-        self.backend = Backend(
+        self.backend = Backend(  # no managed_rag: mode kb needs a deployed stage, the service answers 400
             retrievers={"kb": self.retrievers.kb, "opensearch": self.retrievers.opensearch},
             generators={
                 "extractive": generators.ExtractiveGenerator(self.index, self.embedder),
                 "llm": generators.LlamaGenerator(),
                 "bedrock": generators.BedrockGenerator(config.bedrock_model_id),
             },
-            managed_rag=None,  # mode kb needs a deployed stage: the service answers 400
         )
 
     def index(self) -> Index:

@@ -14,6 +14,7 @@ import pytest
 from local import __main__ as cli
 from local import app, server
 from query import handler
+from stacks import config as stack_config
 from tests.local_support import FakeEmbedder
 from tests.test_local_server import no_aws  # noqa: F401  (the fixture: no AWS credentials leak in)
 
@@ -100,6 +101,7 @@ def test_status_lists_the_generators_and_checks_one(local_env, capsys):
     assert out[0] == "  extractive: available (local:extractive)"
     assert out[1].startswith("  llm: not available: generator 'llm' needs llama-cpp-python: run `make local-llm`")
     assert out[2].startswith("  bedrock: not available: generator 'bedrock' needs AWS credentials")
+    assert f"bedrock:InvokeModel on {stack_config.ServingConfig().bedrock_model_id};" in out[2]  # the configured model
 
     assert cli.main(argv + ["bedrock"]) == 1  # named and not available
     assert cli.main(argv + ["extractive"]) == 0
