@@ -31,7 +31,7 @@ def _port() -> int:
 
 
 def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(message, file=sys.stderr)  # stderr is line-buffered (Python 3.9+): each line leaves at once
 
 
 def _statuses(mode: app.LocalMode) -> list[str]:
@@ -103,13 +103,14 @@ def status(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("serve", "index the documents, then serve the API"), ("index", "bring the index up to date"), ("status", "show the generators")):
-        command = commands.add_parser(name, help=help_text)
+    serving = commands.add_parser("serve", help="index the documents, then serve the API")
+    indexing = commands.add_parser("index", help="bring the index up to date")
+    checking = commands.add_parser("status", help="show the generators")
+    for command in (serving, indexing, checking):
         command.add_argument("--documents", help="folder of documents (default: LOCAL_DOCUMENTS or the sample corpus)")
         command.add_argument("--stage", help="use this stage's config from cdk.json instead of the defaults")
-        if name == "status":
-            command.add_argument("generator", nargs="?", help="exit 1 unless this generator is available")
-            command.add_argument("--smoke", action="store_true", help="also generate a few tokens with it")
+    checking.add_argument("generator", nargs="?", help="exit 1 unless this generator is available")
+    checking.add_argument("--smoke", action="store_true", help="also generate a few tokens with it")
     args = parser.parse_args(argv)
     try:
         return {"serve": serve, "index": index, "status": status}[args.command](args)

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 from query import handler
@@ -59,48 +59,55 @@ def _error(status: int, message: str, request_id: str) -> dict[str, Any]:
     }
 
 
-def make_handler(log: TextIO | None) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "rag-local"
-        protocol_version = "HTTP/1.1"
-        # Keep-alive clients (the evaluation harness) would otherwise wait ~40 ms per answer:
-        # headers and body leave in separate writes, and Nagle holds the second until the ACK.
-        disable_nagle_algorithm = True
+class _Server(ThreadingHTTPServer):
+    """The listening socket, with what its requests share: the access log and the clock that times them."""
 
-        def _serve(self) -> None:
-            started = time.perf_counter()
-            request_id = str(uuid.uuid4())
-            length = self.headers.get("Content-Length")
-            if "Transfer-Encoding" in self.headers:  # a body that is not delimited by Content-Length, "gzip, chunked" too
-                response = _error(411, "send the body with a Content-Length", request_id)
-                self.close_connection = True
-            elif length is not None and (not length.isdigit() or int(length) > MAX_REQUEST_BYTES):
-                response = _error(413, f"body: larger than {MAX_REQUEST_BYTES} bytes", request_id)
-                self.close_connection = True
-            else:
-                body = self.rfile.read(int(length)) if length else b""
-                event = to_event(self.command, self.path, dict(self.headers.items()), body, request_id, self.client_address[0])
-                response = handler.main(event, None)
-            self._send(response)
-            if log is not None:
-                elapsed = (time.perf_counter() - started) * 1000.0
-                print(f'{self.client_address[0]} "{self.command} {self.path}" {response["statusCode"]} {elapsed:.1f} ms', file=log, flush=True)
+    def __init__(self, port: int, log: TextIO | None, clock: Callable[[], float]):
+        super().__init__((HOST, port), RequestHandler)
+        self.access_log, self.clock = log, clock
 
-        def _send(self, response: dict[str, Any]) -> None:
-            payload = (response.get("body") or "").encode("utf-8")  # the query handler answers JSON text only
-            self.send_response(response["statusCode"])
-            for name, value in (response.get("headers") or {}).items():
-                self.send_header(name, str(value))
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+class RequestHandler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "rag-local"
+    protocol_version = "HTTP/1.1"
+    # Keep-alive clients (the evaluation harness) would otherwise wait ~40 ms per answer:
+    # headers and body leave in separate writes, and Nagle holds the second until the ACK.
+    disable_nagle_algorithm = True
 
-        def log_message(self, format: str, *args) -> None:  # the access line above replaces http.server's
-            pass
+    def _serve(self) -> None:
+        started = self.server.clock()
+        request_id = str(uuid.uuid4())
+        length = self.headers.get("Content-Length")
+        if "Transfer-Encoding" in self.headers:  # a body that is not delimited by Content-Length, "gzip, chunked" too
+            response = _error(411, "send the body with a Content-Length", request_id)
+            self.close_connection = True
+        elif length is not None and (not length.isdigit() or int(length) > MAX_REQUEST_BYTES):
+            response = _error(413, f"body: larger than {MAX_REQUEST_BYTES} bytes", request_id)
+            self.close_connection = True
+        else:
+            body = self.rfile.read(int(length)) if length else b""
+            event = to_event(self.command, self.path, dict(self.headers.items()), body, request_id, self.client_address[0])
+            response = handler.main(event, None)
+        self._send(response)
+        if self.server.access_log is not None:
+            elapsed = (self.server.clock() - started) * 1000.0
+            print(f'{self.client_address[0]} "{self.command} {self.path}" {response["statusCode"]} {elapsed:.1f} ms',
+                  file=self.server.access_log, flush=True)
 
-    return Handler
+    def _send(self, response: dict[str, Any]) -> None:
+        payload = (response.get("body") or "").encode("utf-8")  # the query handler answers JSON text only
+        self.send_response(response["statusCode"])
+        for name, value in (response.get("headers") or {}).items():
+            self.send_header(name, str(value))
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+    def log_message(self, format: str, *args) -> None:  # the access line above replaces http.server's
+        pass
 
 
 class DiscardedMetrics:
@@ -115,12 +122,11 @@ class DiscardedMetrics:
 class LocalServer:
     """The HTTP server on 127.0.0.1:`port` (0 = any free port), serving one LocalMode."""
 
-    def __init__(self, mode: LocalMode, port: int, log: TextIO | None = sys.stderr):
+    def __init__(self, mode: LocalMode, port: int, log: TextIO | None = sys.stderr, clock: Callable[[], float] = time.perf_counter):
         self.mode = mode
         handler.configure(settings=mode.config.settings(), backend=mode.backend)
         observability._metrics = DiscardedMetrics()  # the accessor's cached instance (see DiscardedMetrics)
-        self.httpd = ThreadingHTTPServer((HOST, port), make_handler(log))
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(port, log, clock)
         self._thread: threading.Thread | None = None
 
     @property

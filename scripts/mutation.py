@@ -266,7 +266,7 @@ def _imports(tree: ast.AST) -> set[str]:
     return names | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
 
 
-ARGPARSE_CALLS = {"ArgumentParser", "add_argument", "add_argument_group", "add_mutually_exclusive_group"}
+ARGPARSE_CALLS = {"ArgumentParser", "add_argument", "add_argument_group", "add_mutually_exclusive_group", "add_parser"}
 
 
 def _call_name(call: ast.Call) -> str:

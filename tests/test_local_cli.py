@@ -6,6 +6,7 @@ model); the one subprocess check of the entry point is in test_local_server.py.
 
 from __future__ import annotations
 
+import json
 import socket
 from types import SimpleNamespace
 
@@ -15,7 +16,8 @@ from local import __main__ as cli
 from local import app, server
 from query import handler
 from stacks import config as stack_config
-from tests.local_support import FakeEmbedder
+from tests.local_support import ROOT, FakeEmbedder
+from tests.test_local_generators import _llama_cpp, _model_package, packages  # noqa: F401  (a stand-in llama.cpp)
 from tests.test_local_server import no_aws  # noqa: F401  (the fixture: no AWS credentials leak in)
 
 
@@ -80,6 +82,7 @@ def test_documents_come_from_the_environment_when_no_option_names_them(local_env
         (["index", "--documents", "/no/such/folder"], "error: /no/such/folder: not a folder of documents (set LOCAL_DOCUMENTS or --documents)"),
         (["index", "--stage", "nope"], "error: --stage nope: not a stage in cdk.json (stages: dev, prod)"),
         (["status", "--stage", "nope"], "error: --stage nope: not a stage in cdk.json (stages: dev, prod)"),
+        (["status", "--documents", "/no/such/folder"], "error: /no/such/folder: not a folder of documents (set LOCAL_DOCUMENTS or --documents)"),
     ],
 )
 def test_configuration_errors_are_one_line_and_exit_1(local_env, monkeypatch, capsys, argv, message):
@@ -88,10 +91,40 @@ def test_configuration_errors_are_one_line_and_exit_1(local_env, monkeypatch, ca
     assert capsys.readouterr().err == message + "\n"
 
 
-def test_a_missing_command_is_a_usage_error():
+def test_a_missing_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([])
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 2 and capsys.readouterr().err.startswith("usage: python -m local ")
+
+
+def test_ports_are_1_to_65535_and_8787_by_default(monkeypatch):
+    monkeypatch.delenv("PORT", raising=False)
+    assert cli._port() == 8787
+    for port in ("1", "65535"):
+        monkeypatch.setenv("PORT", port)
+        assert cli._port() == int(port)
+
+
+@pytest.fixture
+def custom_stage(tmp_path, monkeypatch):
+    """cdk.json with a stage `tiny`: 20-token chunks, its own Bedrock model and top_k limit."""
+    context = json.loads((ROOT / "cdk.json").read_text())
+    stages = {"tiny": {"knowledge_base": {"chunk_max_tokens": 20, "chunk_overlap_percentage": 1},
+                       "serving": {"bedrock_model_id": "amazon.nova-pro-v1:0", "max_top_k": 7}}}
+    (tmp_path / "cdk.json").write_text(json.dumps({**context, "context": {**context["context"], "stages": stages}}))
+    monkeypatch.setattr(app, "ROOT", tmp_path)
+
+
+def test_each_command_takes_the_stages_config(local_env, custom_stage, monkeypatch, capsys):
+    (local_env.folder / "long.md").write_text(" ".join(f"Sentence number {w} is here." for w in ("one", "two", "three", "four")))
+    assert cli.main(["index", "--documents", str(local_env.folder), "--stage", "tiny"]) == 0
+    assert "3 added, 0 updated, 0 removed, 0 unchanged; 4 chunks" in capsys.readouterr().err  # long.md: two 20-token chunks
+    assert cli.main(["status", "--documents", str(local_env.folder), "--stage", "tiny"]) == 0
+    assert "bedrock:InvokeModel on amazon.nova-pro-v1:0;" in capsys.readouterr().out
+    monkeypatch.setenv("PORT", str(_free_port()))
+    seen = {}
+    monkeypatch.setattr(server.LocalServer, "serve_forever", lambda self: seen.update(max_top_k=handler._settings.max_top_k))
+    assert cli.main(["serve", "--documents", str(local_env.folder), "--stage", "tiny"]) == 0 and seen == {"max_top_k": 7}
 
 
 def test_status_lists_the_generators_and_checks_one(local_env, capsys):
@@ -151,6 +184,7 @@ def test_serve_indexes_loads_the_model_serves_and_stops_on_ctrl_c(local_env, mon
     assert cli.main(["serve", "--documents", str(local_env.folder)]) == 0
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"indexing {local_env.folder} (cache: {local_env.folder.parent / 'cache'})"
+    assert err[1] == "embedding 2 chunks of 2 documents (and their sentences)"
     assert any(line.startswith("index: 2 added") for line in err)
     assert "generators (first available answers by default):" in err and "  extractive: available (local:extractive)" in err
     assert f"serving http://127.0.0.1:{port}/v1/query and http://127.0.0.1:{port}/v1/health (Ctrl-C stops)" in err
@@ -159,3 +193,14 @@ def test_serve_indexes_loads_the_model_serves_and_stops_on_ctrl_c(local_env, mon
     assert seen == {"configured": True} and handler._backend is None  # served the local backend, then closed
     with socket.socket() as again:  # the port is free again
         again.bind(("127.0.0.1", port))
+
+
+def test_status_smoke_generates_a_few_tokens_with_the_llm(local_env, packages, capsys):
+    _llama_cpp(packages)
+    _model_package(packages, "m.gguf")
+    assert cli.main(["status", "--documents", str(local_env.folder), "llm", "--smoke"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "  llm answered: 'It is kept 30 days [1].'"
+    import llama_cpp
+
+    (call,) = llama_cpp.calls
+    assert (call["max_tokens"], call["temperature"]) == (8, 0.0) and "Say hello." in call["messages"][1]["content"]

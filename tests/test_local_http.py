@@ -6,6 +6,7 @@ quality is test_local_server.py's business."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 import socket
@@ -27,7 +28,8 @@ def running(tmp_path_factory, no_aws):  # noqa: F811
     (folder / "logs.md").write_text("Audit logs are kept for a year in CloudWatch Logs.")
     mode = app.LocalMode(app.LocalConfig(documents=folder, cache_dir=tmp_path_factory.mktemp("cache")), embedder=FakeEmbedder())
     log = io.StringIO()
-    with server.LocalServer(mode, 0, log=log) as local:
+    ticks = itertools.count()
+    with server.LocalServer(mode, 0, log=log, clock=lambda: next(ticks) * 0.25) as local:  # each request takes 250 ms
         local.log = log
         yield local
 
@@ -58,8 +60,9 @@ def test_a_chunked_body_is_refused_with_411_and_the_connection_closed(running, c
 
 
 def test_a_post_without_a_body_reaches_the_handler_as_no_body(running):
-    status, _, body = exchange(running, b"POST /v1/query HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    status, headers, body = exchange(running, b"POST /v1/query HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert status == 400 and body["message"] == "body: a JSON object is required"
+    assert re.fullmatch(r"[0-9a-f-]{36}", body["request_id"]) and body["request_id"] == headers["x-request-id"]  # the server's id
 
 
 @pytest.mark.parametrize("length", ["abc", "-1", str(server.MAX_REQUEST_BYTES + 1)])
@@ -98,8 +101,8 @@ def test_keep_alive_serves_several_requests_on_one_connection_and_logs_each(runn
             elif raw.startswith(b"DELETE"):
                 assert status_line.startswith("HTTP/1.1 404") and "POST /query" in body["message"]
     lines = running.log.getvalue().splitlines()  # a request's line is written before the next one is read
-    for pattern in (r'127\.0\.0\.1 "GET /health" 200 \d+\.\d ms', r'127\.0\.0\.1 "POST /v1/query\?verbose=1" 200 \d+\.\d ms'):
-        assert any(re.fullmatch(pattern, line) for line in lines), lines
+    for line in ('127.0.0.1 "GET /health" 200 250.0 ms', '127.0.0.1 "POST /v1/query?verbose=1" 200 250.0 ms'):
+        assert line in lines, lines
 
 
 @pytest.mark.parametrize(
