@@ -85,11 +85,11 @@ def score(
         return []
     question_terms = set(textlib.terms(question))
     weights = {t: idf(t) for t in question_terms}
-    total = sum(weights.values()) or 1.0
+    total = sum(weights.values())  # 0 only for a question without terms
     semantic = vectors(pool) @ question_vector
     scored = []
     for candidate, cosine in zip(pool, semantic):
-        lexical = sum(w for t, w in weights.items() if textlib.stem(t) in candidate.terms) / total
+        lexical = sum(w for t, w in weights.items() if textlib.stem(t) in candidate.terms) / total if total else 0.0
         value = SEMANTIC_WEIGHT * float(cosine) + (1.0 - SEMANTIC_WEIGHT) * lexical
         scored.append(Scored(candidate, float(cosine), lexical, value))
     scored.sort(key=lambda s: (-s.score, s.candidate.order))

@@ -129,17 +129,17 @@ class BedrockGenerator:
     def __init__(self, model_id: str):
         self.model_id = model_id
         self._cached: tuple[float, GeneratorStatus, str | None] | None = None
-        self._delegates: dict[str, aws_backend.BedrockGenerator] = {}
+        self._delegates: dict[str | None, aws_backend.BedrockGenerator] = {}
         self._lock = threading.Lock()
         # the deployed generator's own view of the model (its id as reported, its context window)
         self._model = self._delegate(None).status()
 
     def _delegate(self, region: str | None) -> aws_backend.BedrockGenerator:
         with self._lock:
-            delegate = self._delegates.get(region or "")
+            delegate = self._delegates.get(region)
             if delegate is None:
                 settings = Settings.local(region=region, bedrock_model_arn=self.model_id)
-                delegate = self._delegates[region or ""] = aws_backend.BedrockGenerator(settings, aws_backend.AwsClients(settings))
+                delegate = self._delegates[region] = aws_backend.BedrockGenerator(settings, aws_backend.AwsClients(settings))
         return delegate
 
     def _check(self) -> tuple[GeneratorStatus, str | None]:

@@ -196,7 +196,6 @@ def display(sentence: str) -> str:
 # standard analyzer.
 _SUFFIXES = ("ings", "ing", "ions", "ion", "ied", "ies", "ed", "es", "s")
 _NOT_PLURAL = ("ss", "us", "is")  # class, status, analysis
-_SIBILANTS = ("s", "x", "z", "ch", "sh")  # boxes, classes, matches: "es" is the plural ending
 
 
 def stem(term: str) -> str:
@@ -208,8 +207,6 @@ def stem(term: str) -> str:
                 base = term[: -len(suffix)]
                 if suffix in ("ied", "ies"):
                     return base + "y"
-                if suffix == "es" and base.endswith(_SIBILANTS):
-                    return base
-                term = base
+                term = base  # boxes -> box, deletes -> delet (its final e goes below)
                 break
     return term[:-1] if len(term) >= 4 and term.endswith("e") else term  # "delete", "deletes" -> "delet"

