@@ -55,14 +55,14 @@ def chunk(text: str, *, max_tokens: int, overlap_percentage: int) -> list[Chunk]
         j = i + 1  # at least one piece (pieces are at most MAX_PIECE_CHARS long, far below any chunk size)
         while j < len(pieces) and cost(i, j + 1) <= max_tokens:
             j += 1
-        if j < len(pieces):
-            # the last sentence end that keeps the chunk at least half full and still moves forward
-            for k in range(j, max(i, previous_end), -1):
-                if cost(i, k) * 2 < max_tokens:
-                    break
-                if ends_sentence[k - 1]:
-                    j = k
-                    break
+        # the last sentence end that keeps the chunk at least half full and still moves forward (the
+        # text's last piece ends a sentence, so the last chunk keeps its end)
+        for k in range(j, max(i, previous_end), -1):
+            if cost(i, k) * 2 < max_tokens:
+                break
+            if ends_sentence[k - 1]:
+                j = k
+                break
         start, end = pieces[i].start, pieces[j - 1].end
         chunks.append(Chunk(seq=len(chunks), start=start, end=end, text=text[start:end], tokens=cost(i, j)))
         if j >= len(pieces):
@@ -82,4 +82,4 @@ def _next_start(i, j, cost, overlap_tokens, max_tokens, ends_sentence, starts_se
     for k in range(following, j):
         if starts_sentence[k]:
             return k
-    return j if ends_sentence[j - 1] else max(following, i + 1)
+    return j if ends_sentence[j - 1] else following  # following > i: the first loop stops at i + 1

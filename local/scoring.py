@@ -10,7 +10,7 @@
   contributes its own top hits; scores are min-max normalised per sub-query over those hits
   (a score equal to the minimum becomes 0.001, not 0; a sub-query whose hits all score the same
   gives each 1.0); a document missing from a sub-query counts 0 there, and the weighted mean
-  divides by the sum of all weights (OpenSearch 2.x/3.x neural-search semantics).
+  divides by the sum of all weights, 1 here (OpenSearch 2.x/3.x neural-search semantics).
 """
 
 from __future__ import annotations
@@ -54,10 +54,9 @@ def min_max(scores: Mapping[Hashable, float]) -> dict[Hashable, float]:
 
 def combine(lexical: Mapping[Hashable, float], vector: Mapping[Hashable, float], *, vector_weight: float) -> dict[Hashable, float]:
     """Weighted arithmetic mean of the normalised sub-query scores (missing = 0)."""
-    weights = (1.0 - vector_weight, vector_weight)
-    total = sum(weights)
+    weights = (1.0 - vector_weight, vector_weight)  # they sum to 1: the mean needs no division
     lexical_n, vector_n = min_max(lexical), min_max(vector)
     combined = {}
     for key in lexical_n.keys() | vector_n.keys():
-        combined[key] = (weights[0] * lexical_n.get(key, 0.0) + weights[1] * vector_n.get(key, 0.0)) / total
+        combined[key] = weights[0] * lexical_n.get(key, 0.0) + weights[1] * vector_n.get(key, 0.0)
     return combined

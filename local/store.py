@@ -158,9 +158,9 @@ class Index:
             for term, count in counts.items():
                 rows[term].append(row)
                 freqs[term].append(count)
-        self.postings = {t: (np.array(rows[t], dtype=np.int64), np.array(freqs[t], dtype=np.float64)) for t in rows}
+        self.postings = {t: (np.array(rows[t]), np.array(freqs[t])) for t in rows}
         self.doc_len = lengths
-        self.avg_len = float(lengths.mean()) if len(lengths) and lengths.mean() > 0 else 1.0
+        self.avg_len = float(lengths.mean()) if len(lengths) else 1.0  # all-empty chunks: 0, but no posting to divide
 
     # --- filters ---
 
@@ -170,13 +170,9 @@ class Index:
         `keyword` fields: 2024 matches "2024", a list attribute matches if any item does."""
         if not filters:
             return None
-        allowed_docs = np.ones(len(self.doc_ids), dtype=bool)
-        for field, wanted in filters.items():
-            wanted_keywords = documents.keywords(wanted)
-            for i, keywords in enumerate(self._keywords):
-                if allowed_docs[i] and not (keywords.get(field, frozenset()) & wanted_keywords):
-                    allowed_docs[i] = False
-        return allowed_docs[self.chunk_doc] if len(self) else np.zeros(0, dtype=bool)
+        wanted = {field: documents.keywords(value) for field, value in filters.items()}
+        allowed_docs = [all(keywords.get(field, frozenset()) & words for field, words in wanted.items()) for keywords in self._keywords]
+        return np.array(allowed_docs, dtype=bool)[self.chunk_doc]
 
     # --- the two sub-queries ---
 

@@ -62,8 +62,8 @@ def test_a_hundred_token_chunk_shares_exactly_its_twenty_token_overlap():
 
 @pytest.mark.parametrize(
     "max_tokens,overlap,message",
-    [(0, 20, "max_tokens must be at least 1"), (-3, 20, "max_tokens must be at least 1"),
-     (10, 100, r"overlap_percentage must be within 0\.\.99"), (10, -1, r"overlap_percentage must be within 0\.\.99")],
+    [(0, 20, "^max_tokens must be at least 1$"), (-3, 20, "^max_tokens must be at least 1$"),
+     (10, 100, r"^overlap_percentage must be within 0\.\.99$"), (10, -1, r"^overlap_percentage must be within 0\.\.99$")],
 )
 def test_settings_out_of_range_are_refused(max_tokens, overlap, message):
     with pytest.raises(ValueError, match=message):

@@ -53,11 +53,12 @@ def test_progress_reports_the_start_then_batches_at_most_every_two_seconds_and_t
     monkeypatch.setattr(indexer.time, "perf_counter", clock.clock)
     folder = _folder(tmp_path, **{f"d{i}.md": f"Document number {i} says something." for i in range(4)})  # 8 texts
     messages: list[str] = []
-    indexer.open_index(folder, tmp_path / "cache", BatchEmbedder(clock, 1.5), DEFAULT_CHUNKS, messages.append)
-    # batches end at 1.5, 3.0, 4.5, 6.0 s: reported when more than 2 s passed since the last report, and at the end
-    assert messages == ["embedding 4 chunks of 4 documents (and their sentences)", "  4/8 texts embedded", "  8/8 texts embedded"]
+    _, report = indexer.open_index(folder, tmp_path / "cache", BatchEmbedder(clock, 1.0), DEFAULT_CHUNKS, messages.append)
+    # batches end at 1, 2, 3 and 4 s: reported when more than 2 s passed since the last report, and at the end
+    assert messages == ["embedding 4 chunks of 4 documents (and their sentences)", "  6/8 texts embedded", "  8/8 texts embedded"]
+    assert report.seconds == 4.0
     messages.clear()
-    indexer.open_index(folder, tmp_path / "cache", BatchEmbedder(clock, 1.5), DEFAULT_CHUNKS, messages.append)
+    indexer.open_index(folder, tmp_path / "cache", BatchEmbedder(clock, 1.0), DEFAULT_CHUNKS, messages.append)
     assert messages == []  # nothing to embed, nothing said
 
 

@@ -325,3 +325,8 @@ def test_japanese_documents_are_found_by_bm25_bigrams_and_by_vectors(tmp_path):
         assert index.chunk_doc_ids[index.bm25_hits(terms, 1)[0].row] == expected
         vector = real_embedder().embed_one(question)
         assert index.chunk_doc_ids[index.hybrid(vector, terms, 3, {}, vector_weight=0.7)[0].row] == expected
+
+
+def test_knn_scores_stay_within_the_l2_range_for_rounded_cosines():
+    # a dot product of float32 unit vectors can leave [-1, 1] by rounding; the score never leaves [0.2, 1]
+    assert scoring.knn_score(np.array([1.5, 1.0000001, -1.0000001, -1.5])).tolist() == pytest.approx([1.0, 1.0, 0.2, 0.2])

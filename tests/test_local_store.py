@@ -102,6 +102,13 @@ def test_vector_hits_rank_by_the_l2_space_score():
     assert [h.row for h in index.vector_hits(query, 5)] == [0, 1, 2]
 
 
+def test_bm25_averages_lengths_over_every_chunk_empty_ones_included():
+    index = _index(["apple", ""], {"d": {}}, chunk_docs=["d", "d"])
+    assert index.avg_len == 0.5
+    idf = np.log(1 + (2 - 1 + 0.5) / (1 + 0.5))
+    assert index.bm25_scores(["apple"]).tolist() == pytest.approx([idf * 1 / (1 + 1.2 * (0.25 + 0.75 * 1 / 0.5)), 0.0])
+
+
 def test_bm25_lengths_idf_and_query_terms_counted_once():
     index = _index(["apple apple banana", "banana cherry", "", "cherry"], {"d": {}}, chunk_docs=["d"] * 4)
     assert index.doc_len.tolist() == [3.0, 2.0, 0.0, 1.0] and index.avg_len == 1.5
@@ -164,6 +171,15 @@ def test_the_store_keeps_documents_across_reopens_and_rebuilds_on_a_new_fingerpr
     assert not store.Store(path, "fp-2").rebuilt  # the new fingerprint was stored
 
 
+def test_float64_vectors_are_stored_as_float32(tmp_path):
+    db = store.Store(tmp_path / "index.sqlite", "fp")
+    db.replace("a.md", "sha", {}, _chunks("one"), np.full((1, embedding.DIMENSIONS), 0.5), {"k": np.full(embedding.DIMENSIONS, 0.25)})
+    index = db.load()
+    assert index.vectors.dtype == np.float32 and index.vectors.shape == (1, embedding.DIMENSIONS) and (index.vectors == 0.5).all()
+    assert index.sentence_vectors["k"].shape == (embedding.DIMENSIONS,) and (index.sentence_vectors["k"] == 0.25).all()
+    db.close()
+
+
 def test_a_documents_chunks_load_in_reading_order(tmp_path):
     db = store.Store(tmp_path / "index.sqlite", "fp")
     one, two, three = _chunks("one", "two", "three")
@@ -186,3 +202,58 @@ def test_a_sentence_key_ignores_markup_and_line_breaks():
     assert store.sentence_key("- **Keys** rotate\n  yearly.") == store.sentence_key("Keys rotate yearly.")
     assert store.sentence_key("Keys rotate yearly.") != store.sentence_key("Keys rotate monthly.")
     assert len(store.sentence_key("x")) == 24
+
+
+WORDS = ["keys", "rotate", "logs", "kept", "year"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.lists(st.sampled_from(WORDS), max_size=4), st.integers(0, 3)), min_size=1, max_size=12),
+    st.lists(st.sampled_from(WORDS), min_size=1, max_size=3),
+    st.integers(0, 3),
+    st.integers(1, 6),
+    st.sampled_from([0.0, 0.3, 0.7, 1.0]),
+)
+def test_hybrid_search_is_the_documented_pipeline(chunks, query, query_axis, top_k, weight):
+    """Brute force from the documented formulas: BM25 and the l2 score on every chunk, each
+    sub-query's top_k by (score desc, row), min-max per sub-query, the weighted sum, ties by row.
+    Few words and four possible vectors: many ties."""
+    texts = [" ".join(words) for words, _ in chunks]
+    vectors = np.zeros((len(chunks), embedding.DIMENSIONS), np.float32)
+    for row, (_, axis) in enumerate(chunks):
+        vectors[row, axis] = 1.0
+    index = _index(texts, {"d": {}}, chunk_docs=["d"] * len(texts), vectors=vectors)
+    query_vector = np.zeros(embedding.DIMENSIONS, np.float32)
+    query_vector[query_axis] = 1.0
+
+    lengths = [len(words) for words, _ in chunks]
+    avg = sum(lengths) / len(lengths) or 1.0
+
+    def bm25(row):
+        total = 0.0
+        for term in set(query):
+            n = sum(term in words for words, _ in chunks)
+            tf = chunks[row][0].count(term)
+            if tf:
+                idf = np.log(1 + (len(chunks) - n + 0.5) / (n + 0.5))
+                total += idf * tf / (tf + 1.2 * (0.25 + 0.75 * lengths[row] / avg))
+        return total
+
+    def top(scores, positive):
+        rows = [r for r in range(len(chunks)) if scores[r] > 0 or not positive]
+        return {r: scores[r] for r in sorted(rows, key=lambda r: (-scores[r], r))[:top_k]}
+
+    def normalised(hits):
+        if not hits:
+            return {}
+        low, high = min(hits.values()), max(hits.values())
+        return {r: 1.0 if high == low else max((s - low) / (high - low), 0.001) for r, s in hits.items()}
+
+    lexical = normalised(top([bm25(r) for r in range(len(chunks))], True))
+    vector = normalised(top([1 / (3 - 2 * float(vectors[r] @ query_vector)) for r in range(len(chunks))], False))
+    combined = {r: (1 - weight) * lexical.get(r, 0.0) + weight * vector.get(r, 0.0) for r in lexical.keys() | vector.keys()}
+    expected = sorted(combined.items(), key=lambda item: (-round(item[1], 9), item[0]))[:top_k]
+    hits = index.hybrid(query_vector, query, top_k, {}, vector_weight=weight)
+    assert [h.row for h in hits] == [row for row, _ in expected]
+    assert [h.score for h in hits] == pytest.approx([score for _, score in expected])
