@@ -56,11 +56,8 @@ class Piece:
 
 
 def _piece_tokens(piece: str) -> int:
-    if piece[0].isdigit():
-        return math.ceil(len(piece) / DIGITS_PER_TOKEN)
-    if piece[0].isalpha() and not _UNSPACED_CHAR.match(piece):
-        return math.ceil(len(piece) / LETTERS_PER_TOKEN)
-    return 1
+    """A digit run ceil(n / 3), a letter run ceil(n / 7); every other piece is one character: 1."""
+    return math.ceil(len(piece) / (DIGITS_PER_TOKEN if piece[0].isdigit() else LETTERS_PER_TOKEN))
 
 
 def pieces(text: str) -> list[Piece]:
@@ -109,6 +106,7 @@ _ABBREVIATIONS = frozenset(
     "e.g i.e etc vs cf al fig no nr mr mrs ms dr prof sr jr st inc ltd co corp approx dept est min max".split()
 )
 _MARKUP = re.compile(r"^\s*(?:#{1,6}\s+|[-*+]\s+|\d{1,3}[.)]\s+|>\s?)")
+_LEADING_MARKUP = re.compile(_MARKUP.pattern + "?")  # the same or nothing: always matches
 _EMPHASIS = re.compile(r"\*\*|__|`")
 
 
@@ -128,8 +126,8 @@ def sentences(text: str) -> list[Sentence]:
             continue
         block = text[start:end]
         cursor = 0
-        marker = _MARKUP.match(block)  # "1. " opens a list item: its dot ends no sentence
-        for match in _ENDERS.finditer(block, marker.end() if marker else 0):
+        # after the block's leading markup ("1. " opens a list item: its dot ends no sentence)
+        for match in _ENDERS.finditer(block, _LEADING_MARKUP.match(block).end()):
             stop = match.end()
             if block[match.start()] == "." and _abbreviation_before(block, match.start()):
                 continue
@@ -159,8 +157,7 @@ def _add(out: list[Sentence], text: str, start: int, end: int, heading: bool = F
 def _blocks(text: str):
     """(start, end, is_heading) of each Markdown block: a blank line or a block marker starts one."""
     position = 0
-    block_start: int | None = None
-    block_end = 0
+    block_start: int | None = None  # block_end is set with it
     for line in text.splitlines(keepends=True):
         line_start, position = position, position + len(line)
         content = line.strip()

@@ -67,6 +67,7 @@ def test_terms(text, terms):
         ("「はい。」と言った。次", ["「はい。」", "と言った。", "次"]),
         ("Line one\ncontinues here.\n\nNew paragraph", ["Line one\ncontinues here.", "New paragraph"]),
         ("Trailing.\r\nNext line\r\n", ["Trailing.", "Next line"]),
+        ("Last words \n\n   New words   \n", ["Last words", "New words"]),  # spaces around a block
         ("- item one\n- item two\n  continued.", ["- item one", "- item two\n  continued."]),
         ("> quoted\n```\ncode\n```\n| a | b |", ["> quoted", "```\ncode", "```", "| a | b |"]),
         ("   \n\n  ", []),
