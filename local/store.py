@@ -178,10 +178,7 @@ class Index:
 
     def vector_hits(self, query_vector: np.ndarray, top_k: int, mask: np.ndarray | None = None) -> list[Hit]:
         """Exact k-NN: the top_k chunks by the l2 space's score (ties: index order)."""
-        if not len(self):
-            return []
-        scores = scoring.knn_score(self.vectors @ query_vector)
-        return _top(scores, top_k, mask, positive_only=False)
+        return _top(scoring.knn_score(self.vectors @ query_vector), top_k, mask)
 
     def bm25_scores(self, query_terms: Iterable[str]) -> np.ndarray:
         scores = np.zeros(len(self))
@@ -196,9 +193,7 @@ class Index:
 
     def bm25_hits(self, query_terms: Iterable[str], top_k: int, mask: np.ndarray | None = None) -> list[Hit]:
         """BM25 over the chunk texts: the top_k chunks with at least one query term."""
-        if not len(self):
-            return []
-        return _top(self.bm25_scores(query_terms), top_k, mask, positive_only=True)
+        return _top(self.bm25_scores(query_terms), top_k, mask)
 
     def idf(self, term: str) -> float:
         posting = self.postings.get(term)
@@ -219,17 +214,14 @@ class Index:
         return [Hit(row, score) for row, score in ranked[:top_k]]
 
 
-def _top(scores: np.ndarray, top_k: int, mask: np.ndarray | None, *, positive_only: bool) -> list[Hit]:
-    eligible = np.ones(len(scores), dtype=bool) if mask is None else mask.copy()
-    if positive_only:
-        eligible &= scores > 0
-    candidates = np.flatnonzero(eligible)
-    if not len(candidates):
-        return []
+def _top(scores: np.ndarray, top_k: int, mask: np.ndarray | None) -> list[Hit]:
+    """The top_k rows by (score desc, row) among those in `mask` with a positive score: every
+    k-NN score is (0.2 at least), a BM25 score is when a query term occurs."""
+    candidates = np.flatnonzero(scores > 0 if mask is None else mask & (scores > 0))
     if len(candidates) > top_k:
-        # argpartition then a stable sort by (-score, row) keeps ties deterministic
-        part = candidates[np.argpartition(-scores[candidates], top_k - 1)[:top_k]]
-        threshold = scores[part].min()
-        candidates = candidates[scores[candidates] >= threshold]
+        # a speed-up only: keep the rows scoring at least the top_k-th score, so that the sort
+        # below handles top_k rows and their ties, not the whole index
+        kth = -np.partition(-scores[candidates], top_k - 1)[top_k - 1]
+        candidates = candidates[scores[candidates] >= kth]
     order = sorted(candidates.tolist(), key=lambda row: (-scores[row], row))[:top_k]
     return [Hit(row, float(scores[row])) for row in order]

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from local import chunking, embedding, store
 
 
-def _oracle(scores, top_k, mask, positive_only):
-    rows = [r for r in range(len(scores)) if (mask is None or mask[r]) and (not positive_only or scores[r] > 0)]
+def _oracle(scores, top_k, mask):
+    rows = [r for r in range(len(scores)) if (mask is None or mask[r]) and scores[r] > 0]
     return sorted(rows, key=lambda r: (-scores[r], r))[:top_k]
 
 
@@ -24,15 +24,14 @@ def _oracle(scores, top_k, mask, positive_only):
 @given(
     st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 2.0]), min_size=0, max_size=14),  # few values: many ties
     st.integers(min_value=1, max_value=16),
-    st.booleans(),
     st.one_of(st.none(), st.integers(min_value=0, max_value=2**14 - 1)),
 )
-def test_top_k_is_the_stable_sort_by_score_then_row(values, top_k, positive_only, mask_bits):
+def test_top_k_is_the_stable_sort_by_score_then_row(values, top_k, mask_bits):
     scores = np.array(values, dtype=np.float64)
     mask = None if mask_bits is None else np.array([bool(mask_bits >> i & 1) for i in range(len(values))], dtype=bool)
     before = None if mask is None else mask.copy()
-    hits = store._top(scores, top_k, mask, positive_only=positive_only)
-    assert [h.row for h in hits] == _oracle(values, top_k, mask, positive_only)
+    hits = store._top(scores, top_k, mask)
+    assert [h.row for h in hits] == _oracle(values, top_k, mask)
     assert [h.score for h in hits] == [values[h.row] for h in hits]
     if mask is not None:
         assert (mask == before).all()  # the caller's mask is not consumed
@@ -144,7 +143,7 @@ def _vec(i):
 
 
 def test_the_store_keeps_documents_across_reopens_and_rebuilds_on_a_new_fingerprint(tmp_path):
-    path = tmp_path / "nested" / "index.sqlite"
+    path = tmp_path / "cache" / "nested" / "index.sqlite"  # folders made as needed
     first = store.Store(path, "fp-1")
     assert not first.rebuilt and first.hashes() == {}
     first.replace("b.md", "sha-b", {"year": 2024}, _chunks("b one", "b two"), np.stack([_vec(0), _vec(1)]), {"k1": _vec(2)})
