@@ -93,9 +93,8 @@ def status(args) -> int:
     if args.smoke:  # proves the model loads and generates (a bad llama.cpp build crashes right here)
         from query import prompts
 
-        generation = generator.generate(
-            prompts.baseline_prompt("Say hello."), question="Say hello.", passages=[], max_tokens=8, temperature=0.0
-        )
+        question = "Say hello."
+        generation = generator.generate(prompts.baseline_prompt(question), question=question, passages=[], max_tokens=8, temperature=0.0)
         print(f"  {args.generator} answered: {generation.text!r}")
     return 0
 

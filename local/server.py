@@ -25,8 +25,8 @@ from shared import observability
 from .app import LocalMode
 
 HOST = "127.0.0.1"
-STAGE_PREFIX = "/v1"
-ROUTES = {"/query": "/query", "/health": "/health"}
+STAGE = "v1"
+STAGE_PREFIX = f"/{STAGE}"
 MAX_REQUEST_BYTES = 1024 * 1024  # larger bodies are refused before reading (the handler's own limit is 64 KiB)
 
 
@@ -41,13 +41,13 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes, req
         text, encoded = base64.b64encode(body).decode("ascii"), True
     return {
         "httpMethod": method,
-        "resource": ROUTES.get(route, route),
+        "resource": route,  # the API's resources are its paths: /query, /health
         "path": path,
         "headers": headers,
         "queryStringParameters": dict(parse_qsl(url.query)) or None,
         "body": text if body else None,
         "isBase64Encoded": encoded,
-        "requestContext": {"requestId": request_id, "stage": STAGE_PREFIX.strip("/"), "identity": {"sourceIp": source_ip}},
+        "requestContext": {"requestId": request_id, "stage": STAGE, "identity": {"sourceIp": source_ip}},
     }
 
 
@@ -135,7 +135,7 @@ class LocalServer:
         return f"http://{host}:{port}"
 
     def serve_forever(self) -> None:
-        self.httpd.serve_forever(poll_interval=0.2)
+        self.httpd.serve_forever(poll_interval=0.05)  # how soon close() (or Ctrl-C) stops it
 
     def start(self) -> LocalServer:
         """Serves on a background thread (tests, benchmarks)."""
@@ -146,9 +146,9 @@ class LocalServer:
     def close(self) -> None:
         if self._thread is not None:  # shutdown() waits for serve_forever, so only when it runs
             self.httpd.shutdown()
-            self._thread.join(timeout=5)
+            self._thread.join()  # at once: shutdown() returned after serve_forever did
         self.httpd.server_close()
-        handler.configure(settings=None, backend=None)
+        handler.configure()  # back to the deployed defaults
         observability._metrics = None
 
     def __enter__(self) -> LocalServer:

@@ -200,22 +200,32 @@ def _http_method_case(original: ast.AST, mutant: ast.AST, changed: list[str]) ->
 
 
 def _request_header_read_case(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
-    """Only the case of the name in `self.headers.get(name, ...)` changed, inside a subclass of
-    http.server's BaseHTTPRequestHandler (whose request headers are an email.message.Message)."""
+    """Only the case of a request header name changed, read as `self.headers.get(name, ...)` or
+    tested as `name in self.headers` in a BaseHTTPRequestHandler subclass (its headers are an
+    email.message.Message, which compares names case-insensitively)."""
     found = _differences(_named(original, ""), _named(mutant, ""))
     if len(found) != 1:
         return False
     left, right, parents = found[0]
     if not (isinstance(left, str) and isinstance(right, str) and left.lower() == right.lower() and len(parents) >= 2):
         return False
-    constant, call = parents[-1], parents[-2]
-    if not (isinstance(call, ast.Call) and call.args and call.args[0] is constant and _call_name(call) == "get"):
+    constant, holder = parents[-1], parents[-2]
+    if isinstance(holder, ast.Call) and holder.args and holder.args[0] is constant and _call_name(holder) == "get":
+        receiver = holder.func.value
+    elif isinstance(holder, ast.Compare) and holder.left is constant and isinstance(holder.ops[0], (ast.In, ast.NotIn)):
+        receiver = holder.comparators[0]
+    else:
         return False
-    receiver = call.func.value
     if not (isinstance(receiver, ast.Attribute) and receiver.attr == "headers" and getattr(receiver.value, "id", "") == "self"):
         return False
-    return any(isinstance(p, ast.ClassDef) and any(getattr(b, "id", getattr(b, "attr", "")) == "BaseHTTPRequestHandler" for b in p.bases)
-               for p in parents)
+    nested = any(isinstance(p, ast.ClassDef) and p.name in _http_handler_classes(p) for p in parents)  # a class inside the function
+    return nested or any(f"ǁ{name}ǁ" in original.name for name in _module_http_handlers)  # a method: mutmut names it xǁClassǁmethod
+
+
+def _http_handler_classes(tree: ast.AST) -> set[str]:
+    """The classes in `tree` that derive from http.server's BaseHTTPRequestHandler."""
+    return {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+            and any(getattr(b, "id", getattr(b, "attr", "")) == "BaseHTTPRequestHandler" for b in node.bases)}
 
 
 def _codec_name_case(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
@@ -242,6 +252,7 @@ SQL_CALLS = {"execute", "executemany", "executescript"}
 # Case-sensitive parts of an SQL text: quoted strings and identifiers, named parameters.
 SQL_CASE_KEPT = re.compile(r"'[^']*'|\"[^\"]*\"|[:@$]\w+")
 _module_imports: set[str] = set()  # the top-level modules the file being classified imports (set by summarize)
+_module_http_handlers: set[str] = set()  # its BaseHTTPRequestHandler subclasses (set by summarize)
 
 
 def _sqlite_case(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
@@ -465,7 +476,7 @@ def _source_line(source: list[str], original_name: str, changed: list[str]) -> i
 
 def summarize(path: str, tests: list[str], work: Path) -> dict:
     """Statuses from mutmut's .meta files, each survivor classified against EQUIVALENT."""
-    global _module_imports
+    global _module_imports, _module_http_handlers
     per_file: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     survivors: list[dict] = []
     equivalent: list[dict] = []
@@ -481,7 +492,7 @@ def summarize(path: str, tests: list[str], work: Path) -> dict:
             if status in ("survived", "no tests", "suspicious"):
                 if functions is None:
                     tree = ast.parse(mutated.read_text())
-                    functions, _module_imports = _functions(tree), _imports(tree)
+                    functions, _module_imports, _module_http_handlers = _functions(tree), _imports(tree), _http_handler_classes(tree)
                 mutant_fn = name.rsplit(".", 1)[-1]
                 original_fn = mutant_fn.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"
                 original, mutant = functions.get(original_fn), functions.get(mutant_fn)

@@ -14,7 +14,7 @@ import pytest
 
 from local import __main__ as cli
 from local import app, server
-from query import handler
+from query import handler, prompts
 from stacks import config as stack_config
 from tests.local_support import ROOT, FakeEmbedder
 from tests.test_local_generators import _llama_cpp, _model_package, packages  # noqa: F401  (a stand-in llama.cpp)
@@ -204,4 +204,5 @@ def test_status_smoke_generates_a_few_tokens_with_the_llm(local_env, packages, c
     import llama_cpp
 
     (call,) = llama_cpp.calls
-    assert (call["max_tokens"], call["temperature"]) == (8, 0.0) and "Say hello." in call["messages"][1]["content"]
+    assert (call["max_tokens"], call["temperature"]) == (8, 0.0)
+    assert call["messages"][1]["content"] == prompts.baseline_prompt("Say hello.").user

@@ -116,6 +116,7 @@ def test_keep_alive_serves_several_requests_on_one_connection_and_logs_each(runn
         ("/v1queries", "/v1queries", "/v1queries"),
         ("/", "/", "/"),
         ("/v1/other", "/other", "/v1/other"),
+        ("/v1/healthX", "/healthX", "/v1/healthX"),
     ],
 )
 def test_the_event_routes_with_or_without_the_stage_prefix(target, resource, path):
@@ -129,6 +130,14 @@ def test_a_body_that_is_not_utf8_is_passed_on_base64_encoded():
     event = server.to_event("POST", "/v1/query?a=1&b=two", {"X": "y"}, b"\xff\xfe", "rid", "127.0.0.1")
     assert (event["body"], event["isBase64Encoded"]) == ("//4=", True)
     assert event["queryStringParameters"] == {"a": "1", "b": "two"} and event["headers"] == {"X": "y"}
+
+
+def test_a_server_writes_one_access_line_per_request_to_its_log(tmp_path, no_aws):  # noqa: F811
+    mode = app.LocalMode(app.LocalConfig(documents=tmp_path, cache_dir=tmp_path / "cache"), embedder=FakeEmbedder())
+    log = io.StringIO()
+    with server.LocalServer(mode, 0, log=log) as local:
+        exchange(local, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert re.fullmatch(r'127\.0\.0\.1 "GET /v1/health" 200 \d+\.\d ms\n', log.getvalue())
 
 
 def test_closing_a_server_that_never_started_restores_the_handler(tmp_path, no_aws):  # noqa: F811
