@@ -1,24 +1,30 @@
 """`python -m local`, in process: what each command prints and its exit status.
 
 The encoder is replaced by the fast FakeEmbedder (what a command prints does not depend on the
-model); the one subprocess check of the entry point is in test_local_server.py.
+model); `serve` runs until a stand-in for Ctrl-C.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 from types import SimpleNamespace
 
 import pytest
 
-from local import __main__ as cli
 from local import app, server
 from query import handler, prompts
 from stacks import config as stack_config
 from tests.local_support import ROOT, FakeEmbedder
 from tests.test_local_generators import _llama_cpp, _model_package, packages  # noqa: F401  (a stand-in llama.cpp)
 from tests.test_local_server import no_aws  # noqa: F401  (the fixture: no AWS credentials leak in)
+
+_LOG_LEVEL = os.environ.get("POWERTOOLS_LOG_LEVEL")
+from local import __main__ as cli  # noqa: E402  (sets POWERTOOLS_LOG_LEVEL for `python -m local`'s process ...)
+
+if _LOG_LEVEL is None:  # ... not for this test run's: later tests read the handler's info lines
+    os.environ.pop("POWERTOOLS_LOG_LEVEL", None)
 
 
 @pytest.fixture
