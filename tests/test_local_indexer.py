@@ -50,13 +50,14 @@ def test_chunks_and_their_sentences_are_embedded_once_and_stored(tmp_path):
 
 def test_progress_reports_the_start_then_batches_at_most_every_two_seconds_and_the_end(tmp_path, monkeypatch):
     clock = FakeTime()
+    clock.now = 100.0  # a perf_counter starts anywhere
     monkeypatch.setattr(indexer.time, "perf_counter", clock.clock)
-    folder = _folder(tmp_path, **{f"d{i}.md": f"Document number {i} says something." for i in range(4)})  # 8 texts
+    folder = _folder(tmp_path, **{f"d{i}.md": f"Document number {i} says something." for i in range(6)})  # 12 texts
     messages: list[str] = []
     _, report = indexer.open_index(folder, tmp_path / "cache", BatchEmbedder(clock, 1.0), DEFAULT_CHUNKS, messages.append)
-    # batches end at 1, 2, 3 and 4 s: reported when more than 2 s passed since the last report, and at the end
-    assert messages == ["embedding 4 chunks of 4 documents (and their sentences)", "  6/8 texts embedded", "  8/8 texts embedded"]
-    assert report.seconds == 4.0
+    # batches end 1 to 6 s in: reported when more than 2 s passed since the last report, and at the end
+    assert messages == ["embedding 6 chunks of 6 documents (and their sentences)", "  6/12 texts embedded", "  12/12 texts embedded"]
+    assert report.seconds == 6.0
     messages.clear()
     indexer.open_index(folder, tmp_path / "cache", BatchEmbedder(clock, 1.0), DEFAULT_CHUNKS, messages.append)
     assert messages == []  # nothing to embed, nothing said

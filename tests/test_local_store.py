@@ -166,6 +166,7 @@ def test_the_store_keeps_documents_across_reopens_and_rebuilds_on_a_new_fingerpr
 
     changed = store.Store(path, "fp-2")
     assert changed.rebuilt and changed.hashes() == {} and len(changed.load()) == 0
+    assert changed.load().semantic(_vec(0), 5, {}) == []  # an emptied index finds nothing
     changed.close()
     assert not store.Store(path, "fp-2").rebuilt  # the new fingerprint was stored
 
