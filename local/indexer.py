@@ -19,7 +19,7 @@ from . import text as textlib
 from .embedding import Embedder
 from .store import Index, Store, sentence_key
 
-ANALYZER_VERSION = "terms-bigram-1;sentences-2;tokens-7;chunker-2"
+ANALYZER_VERSION = "terms-bigram-1;sentences-2;tokens-7;chunker-2;display-2"
 
 Progress = Callable[[str], None]
 

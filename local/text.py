@@ -183,9 +183,27 @@ def _blocks(text: str):
         yield block_start, block_end, False
 
 
+# Chinese and Japanese (kana, ideographs, their punctuation and full-width forms) put no space
+# between words: a line wrapped inside such text joins without one. Hangul and Thai are left out on
+# purpose: Korean separates words with spaces, and a Thai line break is not known to sit mid-word.
+_CJ = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0002fa1f"
+_WRAP = re.compile(r"[^\S\n]*\n\s*")
+_CJ_CHAR = re.compile(rf"[{_CJ}]")
+
+
+def _unwrap(text: str) -> str:
+    def join(match: re.Match) -> str:
+        before = text[match.start() - 1] if match.start() > 0 else ""
+        after = text[match.end()] if match.end() < len(text) else ""
+        return "" if _CJ_CHAR.fullmatch(before) or _CJ_CHAR.fullmatch(after) else " "
+
+    return _WRAP.sub(join, text)
+
+
 def display(sentence: str) -> str:
-    """A sentence as an answer shows it: no Markdown markers, one line."""
-    return " ".join(_EMPHASIS.sub("", _MARKUP.sub("", sentence)).split())
+    """A sentence as an answer shows it: no Markdown markers, one line (a wrap in Chinese or Japanese
+    text joins without a space)."""
+    return " ".join(_EMPHASIS.sub("", _MARKUP.sub("", _unwrap(sentence))).split())
 
 
 # English inflections the extractive answerer folds together ("delete" ~ "deleted" ~ "deletion" ~

@@ -109,6 +109,15 @@ def test_a_numbered_list_marker_is_not_a_sentence():
         ("## Title", "Title"),
         ("Plain * star", "Plain * star"),  # only a leading marker is markup
         ("Ends 2024. Next", "Ends 2024. Next"),
+        # A wrap inside Chinese or Japanese text joins without a space; spaces within a line stay.
+        ("1961年に島の漁業組合が\n出資して設立され、", "1961年に島の漁業組合が出資して設立され、"),
+        ("協定を結び、  \n  職員の交流", "協定を結び、職員の交流"),
+        ("OSFC\n職員", "OSFC職員"),
+        ("（OSFC）\nand", "（OSFC）and"),
+        ("風花 OSFC と\t協定", "風花 OSFC と 協定"),
+        ("한국어 문장이\n이어집니다", "한국어 문장이 이어집니다"),  # Korean separates words with spaces
+        ("two\nlines", "two lines"),
+        ("\n  ## 見出し\n", "見出し"),
     ],
 )
 def test_display(raw, shown):
