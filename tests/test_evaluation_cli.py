@@ -203,3 +203,48 @@ def test_progress_on_a_terminal_redraws_one_line_and_ends_it(monkeypatch):
     slow = runner.Progress(100, stream=io.StringIO())
     slow.done, slow.started = 1, 0.0
     assert slow.line(64.0).endswith("1/100 questions (0 cached, 0 failed) eta 105m36s")  # 99 more at 64 s each
+
+
+def test_report_re_renders_a_run_with_new_resamples_seed_and_the_stages_prices(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "fast.md").write_text("The catamaran does 26 knots.\n")
+    eval_set = tmp_path / "set.jsonl"
+    eval_set.write_text("".join(json.dumps(q) + "\n" for q in [
+        {"id": "q1", "question": "How fast is the catamaran?", "answers": ["26 knots"], "sources": ["fast.md"], "lang": "en", "tags": ["speed"]},
+        {"id": "q2", "question": "What does a cabin cost?", "answers": [], "sources": [], "lang": "ja"}]))
+    run = tmp_path / "run"
+    with StubTarget(StubConfig(scripted=SCRIPT)) as target:
+        assert cli.main(["run", "--url", target.url, "--eval-set", str(eval_set), "--corpus", str(corpus), "--out", str(run), "--no-cache",
+                         "--quiet", "--modes", "rag", "--retrievers", "kb", "--top-k", "3", "--resamples", "20", "--seed", "1"]) == 0
+    before = json.loads((run / "summary.json").read_text())
+    config = before["configurations"][0]
+    assert "recall@3" in config["metrics"] and "recall@5" not in config["metrics"]  # k values up to --top-k
+    assert sorted(config["breakdown"]) == ["lang:en", "lang:ja", "tag:speed"]
+    assert before["fixed_cost_per_hour"]["total_usd"] == 0.0 and config["metrics"]["cost_per_1k_usd"]["value"] == 0.0
+    capsys.readouterr()
+
+    assert cli.main(["report", str(run), "--resamples", "30", "--seed", "2"]) == 0
+    assert capsys.readouterr().err == f"{run}/report.html\n"
+    after = json.loads((run / "summary.json").read_text())
+    assert (after["run"]["resamples"], after["run"]["seed"]) == (30, 2)
+    assert after["skipped"] == before["skipped"] and after["configurations"][0]["breakdown"] == config["breakdown"]
+    assert cli.main(["report", str(run)]) == 0
+    assert (json.loads((run / "summary.json").read_text())["run"]["resamples"], json.loads((run / "summary.json").read_text())["run"]["seed"]) == (30, 2)
+
+    # a stage's run is priced with the stage's config: API Gateway and Lambda per query, the search domain per hour
+    staged = {**before, "run": {**before["run"], "target": "stage dev"}}
+    (run / "summary.json").write_text(json.dumps(staged))
+    assert cli.main(["report", str(run)]) == 0
+    priced = json.loads((run / "summary.json").read_text())
+    assert priced["configurations"][0]["metrics"]["cost_per_1k_usd"]["value"] > 0
+    items = priced["fixed_cost_per_hour"]["items"]
+    assert any(name.startswith("OpenSearch ") for name in items)
+    assert not any(name.startswith("SageMaker") for name in items)  # the run's health lists no SageMaker generator
+    (run / "summary.json").write_text(json.dumps({**before, "run": {**before["run"], "target": "stage nope"}}))
+    capsys.readouterr()
+    assert cli.main(["report", str(run)]) == 2
+    assert capsys.readouterr().err.startswith("error: --stage nope: ")
+    (run / "results.jsonl").unlink()
+    assert cli.main(["report", str(run)]) == 2
+    assert capsys.readouterr().err == f"error: {run / 'results.jsonl'}: missing (give a run folder written by `evaluate.py run`)\n"
