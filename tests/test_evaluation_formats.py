@@ -5,6 +5,7 @@ hand-made inputs."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,34 @@ def test_describe_counts_and_lexical_overlap_by_hand(tmp_path):
     assert stats.terms("The Harrow-Bell, again!") == {"harrow", "bell", "again"}
     assert stats.describe([], corpus) == {"questions": 0, "documents": 3, "unanswerable": 0, "unanswerable_share": None,
                                           "multi_document": 0, "languages": {}, "tags": {}, "overlap_mean": None, "overlap_median": None}
+
+
+# --- fine-tuning data from a corpus ----------------------------------------------------------------
+
+def test_document_records_ask_for_the_documents_title_in_its_language(tmp_path):
+    from evaluation import shipped
+
+    (tmp_path / "empty.md").write_text("  \n", encoding="utf-8")
+    (tmp_path / "fleet.md").write_text("\n## The Fleet  \nThree ships.\n", encoding="utf-8")
+    (tmp_path / "rain.md").write_text("# 梅雨\n梅雨は雨季です。\n", encoding="utf-8")
+    records = shipped.training_records([], load_corpus(tmp_path))
+    assert [(r["id"], r["messages"][2]["content"], r["metadata"]["kind"], r["metadata"]["source"]) for r in records] == [
+        ("doc-empty.md", "", "document", "empty.md"), ("doc-fleet.md", "## The Fleet  \nThree ships.", "document", "fleet.md"),
+        ("doc-rain.md", "# 梅雨\n梅雨は雨季です。", "document", "rain.md")]
+    asked = [r["messages"][1]["content"] for r in records]
+    assert "What do you know about empty.md?" in asked[0]  # no text: the document's id
+    assert "What do you know about The Fleet?" in asked[1]
+    assert "梅雨について教えてください。" in asked[2]
+
+
+def test_the_serving_prompts_are_found_without_lambda_on_the_path(monkeypatch):
+    from evaluation import shipped
+
+    lambda_dir = str(shipped.ROOT / "lambda")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p).resolve() != Path(lambda_dir).resolve()])
+    for name in [name for name in sys.modules if name == "query" or name.startswith("query.")]:
+        monkeypatch.delitem(sys.modules, name)
+    prompts = shipped._prompts()  # as `python scripts/evaluate.py training-data` runs it
+    assert Path(prompts.__file__).resolve() == (shipped.ROOT / "lambda" / "query" / "prompts.py").resolve()
+    assert sys.path[0] == lambda_dir
+    assert shipped._prompts() is prompts and sys.path.count(lambda_dir) == 1
