@@ -166,11 +166,6 @@ def build_request(session, method: str, url: str, body: Optional[dict], region: 
     return urllib.request.Request(url, data=data, method=method, headers=headers)
 
 
-def signed(session, method: str, url: str, body: Optional[dict], region: Optional[str] = None) -> urllib.request.Request:
-    """Kept for callers of the old name: a request for `url`, signed when it is https."""
-    return build_request(session, method, url, body, region)
-
-
 def parse_filters(items: list[str]) -> dict:
     filters: dict = {}
     for item in items:
