@@ -330,3 +330,57 @@ def test_each_stage_row_adds_up():
                        f"{costs['search'] + costs['variants']:.2f} | {costs['search']:.2f} |")
     assert rows[5] == (f"| qa | {costs['search']:.2f} ({search.data_node_count} x {search.data_node_instance_type} + 3 x m7g.large.search) | "
                        f"0.00 (none) | 0.00 | {costs['search']:.2f} | {costs['search']:.2f} |")
+
+
+# --- command lines ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("parser, argv, message", [
+    (endpoint_power.parser, ["on"], "the following arguments are required: --stage"),
+    (endpoint_power.parser, ["--stage", "dev", "sideways"], "argument power: invalid choice: 'sideways' (choose from 'on', 'off')"),
+    (endpoint_power.parser, ["--stage", "dev"], "the following arguments are required: power"),
+    (rollback_model.parser, [], "the following arguments are required: --stage"),
+    (rollback_model.parser, ["--stage", "dev", "--to", "six"], "argument --to: invalid int value: 'six'"),
+    (start_training.parser, ["--data", "d/"], "the following arguments are required: --stage"),
+])
+def test_command_line_mistakes_are_refused_by_the_parser(capsys, parser, argv, message):
+    with pytest.raises(SystemExit) as caught:
+        parser().parse_args(argv)
+    assert caught.value.code == 2 and capsys.readouterr().err.strip().endswith(message)
+
+
+@pytest.mark.parametrize("main, argv", [
+    (endpoint_power.main, ["--stage", "dev", "off"]), (rollback_model.main, ["--stage", "dev"]),
+    (start_training.main, ["--stage", "dev", "--data", "d/"])])
+def test_the_region_flag_makes_the_session_and_names_the_region_in_errors(monkeypatch, capsys, main, argv):
+    for key in [key for key in __import__("os").environ if key.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    import boto3
+
+    def offline(self, *args, **kwargs):
+        raise exceptions.EndpointConnectionError(endpoint_url=f"https://cloudformation.{self.meta.region_name}.amazonaws.com/")
+
+    monkeypatch.setattr(boto3.session.Session, "client", lambda self, name: type("C", (), {
+        "describe_stacks": offline, "describe_stack_resources": offline, "meta": type("M", (), {"region_name": self.region_name})()})())
+    assert main([*argv, "--region", "eu-west-1"]) == cli.EXIT_ENVIRONMENT
+    assert capsys.readouterr().err == ('error: cannot reach AWS in eu-west-1 (Could not connect to the endpoint URL: '
+                                       '"https://cloudformation.eu-west-1.amazonaws.com/"): check the network, a proxy, or the region name\n')
+
+
+def test_a_stage_without_a_deployer_names_the_stack(capsys):
+    session = Session("cloudformation", "stepfunctions")
+    session.outputs(stack="RagQa-Training", StateMachineArn="x")
+    assert endpoint_power.main(["--stage", "qa", "on"], session=session) == cli.EXIT_AWS
+    assert capsys.readouterr().err == ("error: stack RagQa-Training has no DeployerArn output: deploy the stage with this checkout first "
+                                       "(make deploy STAGE=...)\n")
+
+
+def test_the_readme_table_needs_both_markers():
+    for text in (f"{cost_table.BEGIN}\nrows", f"rows\n{cost_table.END}", "no table"):
+        with pytest.raises(ValueError) as caught:
+            cost_table.readme_table(text)
+        assert str(caught.value) == f"README.md lacks the markers {cost_table.BEGIN!r} ... {cost_table.END!r}"
