@@ -67,8 +67,6 @@ class Parser(argparse.ArgumentParser):
 
 
 def is_loopback(host: Optional[str]) -> bool:
-    if not host:
-        return False
     if host == "localhost":
         return True
     try:

@@ -3,11 +3,13 @@ configuration that cannot be read (complements test_query_client.py)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from email.message import Message
 from pathlib import Path
 
 import pytest
+from botocore import exceptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -74,7 +76,7 @@ def test_top_k_refuses_anything_else(text):
 
 
 def test_an_unreadable_aws_configuration_is_exit_3_in_one_line(monkeypatch, tmp_path, capsys):
-    for key in [key for key in __import__("os").environ if key.startswith("AWS_")]:
+    for key in [key for key in os.environ if key.startswith("AWS_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
@@ -82,3 +84,117 @@ def test_an_unreadable_aws_configuration_is_exit_3_in_one_line(monkeypatch, tmp_
     # a custom domain names no region: reading the profile's fails on a profile that does not exist
     assert ask.main(["--url", "https://rag.example.com/v1/", "--profile", "nobody", "q"]) == ask.SETUP
     assert capsys.readouterr().err == "ask.py: AWS configuration: The config profile (nobody) could not be found\n"
+
+
+@pytest.mark.parametrize("host, loopback", [("localhost", True), ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True),
+                                            ("10.0.0.1", False), ("example.com", False), ("", False), (None, False)])
+def test_loopback_hosts(host, loopback):
+    assert ask.is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize("url, base", [
+    ("http://localhost:8080", "http://localhost:8080/v1/"), ("https://rag.example.com/", "https://rag.example.com/v1/"),
+    ("https://rag.example.com/prod//", "https://rag.example.com/prod/"), ("https://rag.example.com//", "https://rag.example.com/v1/"),
+])
+def test_base_urls(url, base):
+    assert ask.base_url(url) == base
+
+
+def test_requests_carry_json_headers_and_https_ones_are_signed_over_the_body(monkeypatch):
+    import datetime as real
+
+    import botocore.auth
+    import botocore.session
+
+    class Frozen(real.datetime):
+        @classmethod
+        def utcnow(cls):
+            return real.datetime(2026, 11, 30, 12, 0, 0)
+
+        @classmethod
+        def now(cls, tz=None):
+            return real.datetime(2026, 11, 30, 12, 0, 0, tzinfo=tz)
+
+    monkeypatch.setattr(botocore.auth.datetime, "datetime", Frozen)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    session = botocore.session.Session()
+    local = ask.build_request(session, "POST", "http://127.0.0.1:8080/v1/query", {"question": "q"}, None)
+    assert (local.get_method(), local.data, dict(local.header_items())) == (
+        "POST", b'{"question": "q"}', {"Content-type": "application/json", "Accept": "application/json"})
+    health = ask.build_request(session, "GET", "http://127.0.0.1:8080/v1/health", None, None)
+    assert (health.get_method(), health.data) == ("GET", None)
+    url = "https://abc123defg.execute-api.eu-west-1.amazonaws.com/v1/query"
+    one = ask.build_request(session, "POST", url, {"question": "a"}, None)
+    other = ask.build_request(session, "POST", url, {"question": "b"}, None)
+    authorization = one.get_header("Authorization")
+    assert authorization.startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261130/eu-west-1/execute-api/aws4_request, "
+                                    "SignedHeaders=accept;content-type;host;x-amz-date, Signature=")
+    assert authorization != other.get_header("Authorization")  # the body is signed
+    assert one.get_header("Content-type") == "application/json" and one.data == b'{"question": "a"}'
+
+
+class _Session:
+    """A botocore-like session: credentials, and a CloudFormation client that fails as told."""
+
+    def __init__(self, error=None, credentials_error=None):
+        self.error, self.credentials_error, self.services = error, credentials_error, []
+
+    def get_credentials(self):
+        if self.credentials_error:
+            raise self.credentials_error
+        from botocore.credentials import Credentials
+
+        return Credentials("AKIDEXAMPLE", "secret")
+
+    def get_config_variable(self, name):
+        return None
+
+    def create_client(self, service, region_name=None):
+        self.services.append((service, region_name))
+        session = self
+
+        class Client:
+            def describe_stacks(self, StackName):
+                raise session.error
+
+        return Client()
+
+
+@pytest.mark.parametrize("error, code, line", [
+    (exceptions.ClientError({"Error": {"Code": "AccessDenied", "Message": "not allowed"}}, "DescribeStacks"),
+     ask.SETUP, "DescribeStacks RagDev-Serving in eu-west-1 failed: AccessDenied: not allowed"),
+    (exceptions.ClientError({"Error": {"Code": "ValidationError", "Message": "bad name"}}, "DescribeStacks"),
+     ask.SETUP, "DescribeStacks RagDev-Serving in eu-west-1 failed: ValidationError: bad name"),
+    (exceptions.ClientError({}, "DescribeStacks"), ask.SETUP,
+     "DescribeStacks RagDev-Serving in eu-west-1 failed: : "),
+    (exceptions.EndpointConnectionError(endpoint_url="https://cloudformation.eu-west-1.amazonaws.com/"),
+     ask.UNREACHABLE, 'could not reach CloudFormation in eu-west-1 (Could not connect to the endpoint URL: '
+                      '"https://cloudformation.eu-west-1.amazonaws.com/"): check the network and --region'),
+    (exceptions.ConnectTimeoutError(endpoint_url="https://cf"), ask.SETUP,
+     'DescribeStacks RagDev-Serving in eu-west-1 failed: Connect timeout on endpoint URL: "https://cf"'),
+])
+def test_stack_lookup_failures(error, code, line):
+    session = _Session(error)
+    with pytest.raises(ask.Failure) as caught:
+        ask.api_url_from_stack(session, "dev", "eu-west-1")
+    assert (caught.value.code, str(caught.value)) == (code, line)
+    assert session.services == [("cloudformation", "eu-west-1")]
+
+
+def test_credentials_that_cannot_be_loaded_or_are_missing():
+    with pytest.raises(ask.Failure) as caught:
+        ask.frozen_credentials(_Session(credentials_error=exceptions.CredentialRetrievalError(provider="sso", error_msg="token expired")))
+    assert (caught.value.code, str(caught.value)) == (ask.SETUP, "AWS credentials could not be loaded (Error when retrieving credentials "
+                                                                 "from sso: token expired): run `aws sso login` or fix the profile")
+
+    class Nobody(_Session):
+        def get_credentials(self):
+            return None
+
+    with pytest.raises(ask.Failure) as caught:
+        ask.frozen_credentials(Nobody())
+    assert str(caught.value) == ("no AWS credentials found: set AWS_PROFILE or --profile, run `aws sso login`, or export "
+                                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")

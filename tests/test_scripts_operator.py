@@ -5,6 +5,7 @@ and the README cost table written in place. AWS is botocore's Stubber."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -352,7 +353,7 @@ def test_command_line_mistakes_are_refused_by_the_parser(capsys, parser, argv, m
     (endpoint_power.main, ["--stage", "dev", "off"]), (rollback_model.main, ["--stage", "dev"]),
     (start_training.main, ["--stage", "dev", "--data", "d/"])])
 def test_the_region_flag_makes_the_session_and_names_the_region_in_errors(monkeypatch, capsys, main, argv):
-    for key in [key for key in __import__("os").environ if key.startswith("AWS_")]:
+    for key in [key for key in os.environ if key.startswith("AWS_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
