@@ -3,6 +3,7 @@ configuration that cannot be read (complements test_query_client.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from email.message import Message
@@ -198,3 +199,52 @@ def test_credentials_that_cannot_be_loaded_or_are_missing():
         ask.frozen_credentials(Nobody())
     assert str(caught.value) == ("no AWS credentials found: set AWS_PROFILE or --profile, run `aws sso login`, or export "
                                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+
+
+def test_an_answer_is_printed_with_its_sources_and_timings():
+    result = {"answer": "Yearly [1].", "mode": "rag", "generator": "base", "model": "sagemaker:g/base", "model_version": "3",
+              "citations": [{"n": 1, "source": "s3://d/kms.md", "score": 0.91234, "excerpt": "Keys rotate yearly."}, "junk",
+                            {"n": 2, "source": "s3://d/b.md", "score": True}, {"n": 3, "source": "s3://d/c.md", "score": 1}],
+              "timings_ms": {"retrieve": 80.0, "generate": 900.0, "total": 990.0}, "usage": {"input_tokens": 300, "output_tokens": 12}}
+    assert ask.render(result) == (
+        "Yearly [1].\n\n"
+        "[1] s3://d/kms.md (score 0.912)\n    Keys rotate yearly.\n"
+        "[2] s3://d/b.md\n    \n"  # a bool is not a score; no excerpt: empty
+        "[3] s3://d/c.md (score 1.000)\n    \n\n"
+        'mode=rag generator=base model=sagemaker:g/base version=3 retrieve=80.0ms generate=900.0ms total=990.0ms '
+        'usage={"input_tokens": 300, "output_tokens": 12}')
+    assert ask.render({"citations": "none", "timings_ms": [1]}) == (
+        "\n\n\nmode=None generator=None model=None retrieve=Nonems generate=Nonems total=Nonems usage=null")
+
+
+def test_filters_repeat_a_key_for_any_of_and_keep_everything_after_the_first_equals():
+    assert ask.parse_filters(["k=1", "k=2", "k=x", "q=a=b", "n=-12", "big=1234567890123456", "s= 7"]) == {
+        "k": [1, 2, "x"], "q": "a=b", "n": -12, "big": "1234567890123456", "s": " 7"}
+
+
+@pytest.mark.parametrize("argv, body", [
+    (["--mode", "kb", "q"], {"question": "q", "mode": "kb"}),
+    (["--mode", "prompt", "--generator", "base", "q"], {"question": "q", "mode": "prompt", "generator": "base"}),
+    (["--retriever", "kb", "--top-k", "1", "q"], {"question": "q", "retriever": "kb", "top_k": 1}),
+])
+def test_every_mode_and_retriever_can_be_asked_for(monkeypatch, capsys, argv, body):
+    sent = []
+    monkeypatch.setattr(ask, "send", lambda request, timeout: sent.append((request, timeout)) or {"answer": "a"})
+    assert ask.main(["--url", "http://127.0.0.1:9", *argv]) == 0
+    assert json.loads(sent[0][0].data) == body and sent[0][1] == 35.0
+
+
+def test_an_interrupt_is_exit_130_in_one_line(monkeypatch, capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ask, "run", interrupted)
+    assert ask.main(["q"]) == 130
+    assert capsys.readouterr().err == "ask.py: interrupted\n"
+
+
+def test_no_region_for_a_custom_domain_says_how_to_give_one(monkeypatch):
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    with pytest.raises(ask.Failure) as caught:
+        ask.region_for("https://rag.example.com/v1/", _Session(), None)
+    assert (caught.value.code, str(caught.value)) == (ask.SETUP, "no AWS region: pass --region (or set AWS_REGION)")

@@ -245,6 +245,10 @@ def test_the_request_from_the_command_line():
         start_training.parse_hyperparameters(["a=1", "=2", "b", "c=3"])
     assert caught.value.problems == ["--hp '=2': expected NAME=VALUE, e.g. --hp learning_rate=1e-4",
                                      "--hp 'b': expected NAME=VALUE, e.g. --hp learning_rate=1e-4"]
+    assert start_training.parse_hyperparameters(["note=a=b", "n=2"]) == {"note": "a=b", "n": 2}
+    with pytest.raises(start_training.rules.InputError) as caught:
+        start_training.build_request(_args("--hp", "lora_r=8"))
+    assert caught.value.problems == ["--data is required (the training data prefix, e.g. datasets/v1/), or pass --compile-only for a base model"]
     with pytest.raises(start_training.rules.InputError) as caught:
         start_training.build_request(_args("--compile-only", "--hp", "lora_r=8"))
     assert caught.value.problems == ["--compile-only compiles the base model as it is: leave out --data and --hp"]
