@@ -248,3 +248,12 @@ def test_no_region_for_a_custom_domain_says_how_to_give_one(monkeypatch):
     with pytest.raises(ask.Failure) as caught:
         ask.region_for("https://rag.example.com/v1/", _Session(), None)
     assert (caught.value.code, str(caught.value)) == (ask.SETUP, "no AWS region: pass --region (or set AWS_REGION)")
+
+
+def test_help_shows_what_the_script_does_and_its_exit_statuses_as_written():
+    text = ask.build_parser().format_help()
+    assert text.startswith("usage: ask.py [-h] (--stage STAGE | --url URL)")
+    assert "\nAsk a deployed stage, or the local server, a question.\n" in text
+    assert ("Exit status:\n  0  the API answered 200 (the answer, or the health JSON, is printed)\n"
+            "  1  the API answered with an HTTP error (its status and message are printed)\n") in text  # line breaks kept
+    assert "--top-k N" in text and "--filter KEY=VALUE" in text and "--timeout S" in text

@@ -389,3 +389,14 @@ def test_the_readme_table_needs_both_markers():
         with pytest.raises(ValueError) as caught:
             cost_table.readme_table(text)
         assert str(caught.value) == f"README.md lacks the markers {cost_table.BEGIN!r} ... {cost_table.END!r}"
+
+
+@pytest.mark.parametrize("parser, does", [
+    (endpoint_power.parser, "Switch the stage's Inferentia2 endpoint on or off through its model deployer."),
+    (rollback_model.parser, "Deploy the previous approved version of a role through the stage's model deployer."),
+    (start_training.parser, "Validate a model pipeline request and start the stage's pipeline."),
+])
+def test_help_says_what_the_script_does_and_its_exit_statuses(parser, does):
+    text = " ".join(parser().format_help().split())
+    assert does in text and text.endswith(cli.EXIT_CODES_HELP)
+    assert "--hp NAME=VALUE" in text or "--to VERSION" in text or parser is endpoint_power.parser
