@@ -248,3 +248,64 @@ def test_report_re_renders_a_run_with_new_resamples_seed_and_the_stages_prices(t
     (run / "results.jsonl").unlink()
     assert cli.main(["report", str(run)]) == 2
     assert capsys.readouterr().err == f"error: {run / 'results.jsonl'}: missing (give a run folder written by `evaluate.py run`)\n"
+
+
+def test_the_documented_defaults():
+    parser = cli.build_parser()
+    run = parser.parse_args(["run", "--url", "http://127.0.0.1:8787"])
+    assert (run.eval_set, run.corpus, run.split, run.limit, run.modes, run.retrievers, run.generators) == (
+        shipped.EVAL_SET, None, None, None, ["prompt", "rag", "kb"], ["kb", "opensearch"], None)
+    assert (run.top_k, run.collection, run.load_corpus, run.ingestion_timeout, run.concurrency, run.timeout, run.out, run.cache,
+            run.no_cache, run.resamples, run.seed, run.judge, run.profile, run.quiet) == (
+        5, None, False, 1800.0, 4, 60.0, None, cli.DEFAULT_CACHE, False, 1000, 13, None, None, False)
+    assert parser.parse_args(["run", "--url", "u", "--modes", " rag, prompt,,", "--generators", "base"]).modes == ["rag", "prompt"]
+    compare = parser.parse_args(["compare", "a", "b"])
+    assert (compare.metric, compare.max_drop, compare.relative) == ("f1", 0.02, False)
+    assert parser.parse_args(["training-data"]).out == shipped.TRAINING_DATA
+    assert parser.parse_args(["export-bedrock", "r"]).dataset_prefix == "s3://<BUCKET>/bedrock-evaluation/input/"
+    assert (parser.parse_args(["report", "r"]).resamples, parser.parse_args(["report", "r"]).seed) == (None, None)
+    assert cli.DEFAULT_CACHE == shipped.ROOT / "build" / "eval-cache" and cli.DEFAULT_OUT == shipped.ROOT / "build" / "eval"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--concurrency", "0"], "--concurrency, --top-k and --limit must be at least 1, --resamples at least 0"),
+    (["--top-k", "0"], "--concurrency, --top-k and --limit must be at least 1, --resamples at least 0"),
+    (["--limit", "0"], "--concurrency, --top-k and --limit must be at least 1, --resamples at least 0"),
+    (["--resamples", "-1"], "--concurrency, --top-k and --limit must be at least 1, --resamples at least 0"),
+    (["--retrievers", ","], "--retrievers: empty not allowed; choose from kb,opensearch"),
+    (["--modes", "rag,chat,talk"], "--modes: chat, talk not allowed; choose from prompt,rag,kb"),
+    (["--split", "train"], "no questions in the train part of {eval_set}"),
+    (["--corpus", None], "--corpus is required with {eval_set} (the folder of the documents its sources name)"),
+    (["--split", "dev"], "argument --split: invalid choice: 'dev' (choose from 'test', 'train', 'all') (see evaluate.py run --help)"),
+])
+def test_run_mistakes_are_one_line_before_any_question(eval_files, tmp_path, capsys, extra, message):
+    eval_set, corpus = eval_files
+    argv = ["run", "--url", "http://127.0.0.1:9", "--eval-set", str(eval_set), "--corpus", str(corpus), "--out", str(tmp_path / "r")]
+    if extra == ["--corpus", None]:
+        argv = argv[:5] + argv[7:]
+        extra = []
+    if extra[:2] == ["--split", "train"]:  # both questions are in the test part
+        assert {shipped.split_of("q1"), shipped.split_of("q2")} == {"test"}
+    assert cli.main([*argv, *extra]) == 2
+    assert capsys.readouterr().err == "error: " + message.format(eval_set=eval_set) + "\n"
+
+
+def test_a_stage_run_signs_loads_the_corpus_under_its_collection_and_prices_the_stage(eval_files, tmp_path, monkeypatch, capsys):
+    eval_set, corpus = eval_files
+    loads: list = []
+    monkeypatch.setattr(stage, "session", lambda profile: ("aws", profile))
+    with StubTarget(StubConfig(scripted=SCRIPT)) as target:
+        monkeypatch.setattr(stage, "api_target_args", lambda aws, name: (target.url, None) if (aws, name) == (("aws", "p"), "dev") else None)
+        monkeypatch.setattr(stage, "load_corpus", lambda aws, name, documents, collection, timeout_s, log: loads.append(
+            (aws, name, sorted(documents), collection, timeout_s)))
+        assert cli.main(["run", "--stage", "dev", "--profile", "p", "--load-corpus", "--ingestion-timeout", "90", "--eval-set", str(eval_set),
+                         "--corpus", str(corpus), "--out", str(tmp_path / "run"), "--no-cache", "--quiet", "--modes", "rag",
+                         "--retrievers", "kb", "--limit", "1", "--timeout", "5"]) == 0
+        bodies = target.state.bodies
+    assert loads == [(("aws", "p"), "dev", ["fast.md"], "eval-mini", 90.0)]
+    assert [b["filters"] for b in bodies] == [{"collection": "eval-mini"}]  # the set's own collection: only its documents
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["run"]["target"], summary["run"]["collection"], summary["run"]["questions"]) == ("stage dev", "eval-mini", 1)
+    assert summary["configurations"][0]["metrics"]["cost_per_1k_usd"]["value"] > 0  # API Gateway, Lambda and the embedding
+    assert any(name.startswith("OpenSearch") for name in summary["fixed_cost_per_hour"]["items"])
+    assert capsys.readouterr().err.splitlines()[0] == "1 questions x 1 configurations against stage dev: rag/kb/extractive"
