@@ -257,3 +257,98 @@ def test_help_shows_what_the_script_does_and_its_exit_statuses_as_written():
     assert ("Exit status:\n  0  the API answered 200 (the answer, or the health JSON, is printed)\n"
             "  1  the API answered with an HTTP error (its status and message are printed)\n") in text  # line breaks kept
     assert "--top-k N" in text and "--filter KEY=VALUE" in text and "--timeout S" in text
+
+
+class _Reply:
+    def __init__(self, raw: bytes):
+        self.raw = raw
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def read(self):
+        return self.raw
+
+
+def _send_with(monkeypatch, outcome, url="https://rag.example.com/v1/query", timeout=2.0):
+    def urlopen(request, timeout):
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return _Reply(outcome)
+
+    monkeypatch.setattr(ask.urllib.request, "urlopen", urlopen)
+    return ask.send(ask.urllib.request.Request(url), timeout)
+
+
+class _BrokenError(ask.urllib.error.HTTPError):
+    def read(self):
+        raise ask.http.client.IncompleteRead(b"")
+
+
+@pytest.mark.parametrize("outcome, code, line", [
+    (ask.urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")), ask.UNREACHABLE,
+     "could not reach https://rag.example.com/v1/query ([Errno 111] Connection refused): check --url and your network"),
+    (TimeoutError("timed out"), ask.UNREACHABLE, "no answer from https://rag.example.com/v1/query within 2 s: try again, or a larger --timeout"),
+    (ask.http.client.IncompleteRead(b"par", 10), ask.UNREACHABLE,
+     "https://rag.example.com/v1/query broke off the answer (IncompleteRead: IncompleteRead(3 bytes read, 10 more expected)): check --url"),
+    (_BrokenError("https://rag.example.com/v1/query", 502, "Bad Gateway", {}, None), ask.HTTP_ERROR, "HTTP 502: (empty body)"),
+    (b"<html>\n<body>" + "é".encode() + b"\xff" + b"x" * 100, ask.UNREACHABLE,
+     "https://rag.example.com/v1/query answered 200 but not with JSON ('<html> <body>\u00e9\ufffd" + "x" * 64 + "'...): is --url the API's "
+     "base URL (the ApiUrl output, \u2026/v1/)?"),
+])
+def test_what_send_says_when_no_usable_answer_comes(monkeypatch, outcome, code, line):
+    with pytest.raises(ask.Failure) as caught:
+        _send_with(monkeypatch, outcome)
+    assert (caught.value.code, str(caught.value)) == (code, line)
+
+
+def test_health_and_json_print_readable_indented_json(monkeypatch, capsys):
+    answer = {"status": "ok", "note": "梅雨"}
+    monkeypatch.setattr(ask, "send", lambda request, timeout: answer)
+    assert ask.main(["--url", "http://127.0.0.1:9", "--health"]) == 0
+    assert capsys.readouterr().out == '{\n  "status": "ok",\n  "note": "梅雨"\n}\n'
+    assert ask.main(["--url", "http://127.0.0.1:9", "--json", "q"]) == 0
+    assert capsys.readouterr().out == '{\n  "status": "ok",\n  "note": "梅雨"\n}\n'
+
+
+def test_health_of_a_custom_domain_is_signed_in_the_given_region(monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    sent = []
+    monkeypatch.setattr(ask, "send", lambda request, timeout: sent.append(request) or {"status": "ok"})
+    assert ask.main(["--url", "https://rag.example.com/v1/", "--health", "--region", "ap-south-1"]) == 0
+    assert sent[0].full_url == "https://rag.example.com/v1/health" and sent[0].get_method() == "GET"
+    assert "/ap-south-1/execute-api/aws4_request" in sent[0].get_header("Authorization")
+
+
+def test_an_aws_configuration_that_cannot_be_read_at_all_is_exit_3(monkeypatch, capsys):
+    def broken(profile=None):
+        raise exceptions.ProfileNotFound(profile=profile)
+
+    monkeypatch.setattr(ask.botocore.session, "Session", broken)
+    assert ask.main(["--url", "http://127.0.0.1:9", "--profile", "ghost", "q"]) == ask.SETUP
+    assert capsys.readouterr().err == "ask.py: AWS configuration: The config profile (ghost) could not be found\n"
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--url", "http://127.0.0.1:9"], "ask.py: a question is required (or --health)\n"),
+    (["--url", "http://127.0.0.1:9", "--retriever", "vector", "q"],
+     "ask.py: argument --retriever: invalid choice: 'vector' (choose from 'kb', 'opensearch') (see ask.py --help)\n"),
+])
+def test_usage_lines(capsys, argv, line):
+    assert ask.main(argv) == ask.USAGE
+    assert capsys.readouterr().err == line
+
+
+def test_a_stack_list_without_the_stack_has_no_api_url():
+    class Empty(_Session):
+        def create_client(self, service, region_name=None):
+            return type("C", (), {"describe_stacks": lambda self, StackName: {"Stacks": []}})()
+
+    with pytest.raises(ask.Failure) as caught:
+        ask.api_url_from_stack(Empty(), "dev", "eu-west-1")
+    assert str(caught.value) == "stack RagDev-Serving in eu-west-1 has no ApiUrl output: is it fully deployed? (or use --url)"
