@@ -400,3 +400,56 @@ def test_help_says_what_the_script_does_and_its_exit_statuses(parser, does):
     text = " ".join(parser().format_help().split())
     assert does in text and text.endswith(cli.EXIT_CODES_HELP)
     assert "--hp NAME=VALUE" in text or "--to VERSION" in text or parser is endpoint_power.parser
+
+
+def test_without_boto3_the_scripts_say_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # what `import boto3` sees where it is not installed
+    with pytest.raises(cli.OperatorError) as caught:
+        cli.make_session("eu-west-1")
+    assert (str(caught.value), caught.value.status) == (
+        "boto3 is not installed: run `make test` once (it creates .venv) and use .venv/bin/python", cli.EXIT_ENVIRONMENT)
+
+
+def test_a_rollback_that_waits_polls_every_thirty_seconds(capsys):
+    session = Session("cloudformation", "ssm", "sagemaker", "stepfunctions")
+    session.outputs(DeployerArn=DEPLOYER, ModelPackageGroupName=GROUP)
+    session.stubs["ssm"].add_response("get_parameter", {"Parameter": {"Name": "/rag/dev/serving/finetuned", "Value": "9|models/f9/",
+                                                                      "Type": "String"}})
+    _registry(session, {9: "finetuned", 8: "finetuned"})
+    sfn = session.stubs["stepfunctions"]
+    sfn.add_response("start_execution", {"executionArn": EXECUTION, "startDate": T0})
+    for status in ("RUNNING", "SUCCEEDED"):
+        sfn.add_response("describe_execution", {"executionArn": EXECUTION, "stateMachineArn": DEPLOYER, "status": status, "startDate": T0})
+    sleeps: list[float] = []
+    assert rollback_model.main(["--stage", "dev", "--wait"], session=session, sleep=sleeps.append) == 0
+    assert sleeps == [30.0] and capsys.readouterr().err == "finetuned: 9 -> 8\nexecution running\nexecution succeeded\n"
+
+
+@pytest.mark.parametrize("main, argv, outputs, missing", [
+    (rollback_model.main, ["--stage", "qa"], {"ModelPackageGroupName": GROUP}, "DeployerArn"),
+    (rollback_model.main, ["--stage", "qa"], {"DeployerArn": DEPLOYER}, "ModelPackageGroupName"),
+])
+def test_a_missing_output_names_the_stack(capsys, main, argv, outputs, missing):
+    session = Session("cloudformation")
+    session.outputs(stack="RagQa-Training", **outputs)
+    assert main(argv, session=session) == cli.EXIT_AWS
+    assert capsys.readouterr().err == (f"error: stack RagQa-Training has no {missing} output: deploy the stage with this checkout first "
+                                       "(make deploy STAGE=...)\n")
+
+
+def test_the_start_script_without_a_state_machine_output_names_the_stack():
+    session = Session("cloudformation")
+    session.outputs(stack="RagQa-Training", DeployerArn=DEPLOYER)
+    with pytest.raises(cli.OperatorError) as caught:
+        start_training.state_machine_arn(session.client("cloudformation"), "qa")
+    assert str(caught.value) == ("stack RagQa-Training has no StateMachineArn output: deploy the stage with this checkout first "
+                                 "(make deploy STAGE=...)")
+
+
+def test_the_cost_table_script_reads_its_command_line(tmp_path, monkeypatch, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{cost_table.BEGIN}\n{cost_table.END}\n")
+    monkeypatch.setattr(cost_table, "README", readme)
+    monkeypatch.setattr(sys, "argv", ["scripts/cost_table.py", "--write"])
+    assert cost_table.main() == 0
+    assert capsys.readouterr().out == "" and cost_table.readme_table(readme.read_text()).startswith("Prices: on-demand list prices")
