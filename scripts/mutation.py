@@ -347,7 +347,8 @@ def mutmut_config(path: str, tests: list[str], work: Path) -> str:
                   for test in tests_out]
     lines = ["[mutmut]", "source_paths=" + source_in_work(path),
              "pytest_add_cli_args_test_selection=" + "\n    ".join(tests),
-             "pytest_add_cli_args=" + "\n    ".join(["-p no:cacheprovider -q", *deselected]),
+             # mutmut collects the tests with --collect-only, where syrupy calls every snapshot unused and exits 1
+             "pytest_add_cli_args=" + "\n    ".join(["-p no:cacheprovider -q", "--snapshot-warn-unused", *deselected]),
              "use_git_change_detection=false",
              "also_copy=" + "\n    ".join(copied)]  # the whole work tree: tests read README.md, cdk.json, ...
     skipped = [pattern for prefix, patterns in DO_NOT_MUTATE.items() if path == prefix or path.startswith(prefix + "/")
