@@ -239,3 +239,55 @@ def test_the_serving_prompts_are_found_without_lambda_on_the_path(monkeypatch):
     assert Path(prompts.__file__).resolve() == (shipped.ROOT / "lambda" / "query" / "prompts.py").resolve()
     assert sys.path[0] == lambda_dir
     assert shipped._prompts() is prompts and sys.path.count(lambda_dir) == 1
+
+
+@pytest.mark.parametrize("record, problems", [
+    ("not an object", ["a line must be a JSON object"]),
+    ({"id": "q"}, ["missing 'question'", "missing 'answers'", "missing 'sources'"]),
+    ({**VALID, "answer": "x", "lang": "en"}, ["unknown key 'answer' (allowed: id, question, answers, sources, filters, tags, lang)"]),
+    ({**VALID, "id": 7}, ["'id' must be a non-empty string"]),
+    ({**VALID, "id": "  "}, ["'id' must be a non-empty string"]),
+    ({**VALID, "question": ["q"]}, ["'question' must be a non-empty string"]),
+    ({**VALID, "answers": "26 knots"}, ["'answers' must be a list of strings"]),
+    ({**VALID, "answers": ["26 knots", " "]}, ["'answers' must hold non-empty strings"]),
+    ({**VALID, "sources": [3]}, ["'sources' must hold non-empty strings"]),
+    ({**VALID, "answers": [], "sources": []}, []),  # unanswerable
+    ({**VALID, "answers": []}, ["'answers' and 'sources' must both be empty (unanswerable) or both non-empty"]),
+    ({**VALID, "answers": "x", "sources": []}, ["'answers' must be a list of strings"]),  # the pair rule waits for valid lists
+    ({**VALID, "tags": "paraphrase"}, ["'tags' must be a list of strings"]),
+    ({**VALID, "tags": []}, []),
+    ({**VALID, "tags": [""]}, ["'tags' must hold non-empty strings"]),
+    ({**VALID, "lang": "ja-JP"}, []),
+    ({**VALID, "lang": "zh-Hant-TW"}, []),
+    ({**VALID, "lang": "j"}, ["'lang' must be a language code such as 'en' or 'ja'"]),
+    ({**VALID, "lang": "english"}, ["'lang' must be a language code such as 'en' or 'ja'"]),
+    ({**VALID, "lang": 1}, ["'lang' must be a language code such as 'en' or 'ja'"]),
+    ({**VALID, "id": "", "question": "", "tags": "t", "lang": "x"}, [
+        "'id' must be a non-empty string", "'question' must be a non-empty string", "'tags' must be a list of strings",
+        "'lang' must be a language code such as 'en' or 'ja'"]),
+])
+def test_each_record_rule(record, problems):
+    assert check_record(record) == problems
+
+
+def test_a_corpus_folder_reports_every_metadata_problem_and_empty_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvalSetError) as caught:
+        load_corpus(tmp_path / "empty")
+    assert caught.value.problems == [f"{tmp_path / 'empty'}: no documents"]
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "a.md").write_text("alpha")
+    (corpus / "a.md.metadata.json").write_text("{not json")
+    (corpus / "b.md").write_text("beta")
+    (corpus / "b.md.metadata.json").write_text('{"metadataAttributes": {"k": 1}, "extra": 2}')
+    (corpus / "c.md.metadata.json").write_text('{"metadataAttributes": {}}')
+    (corpus / "d.md").write_text("delta")
+    (corpus / "d.md.metadata.json").write_text('["metadataAttributes"]')
+    with pytest.raises(EvalSetError) as caught:
+        load_corpus(corpus)
+    problems = caught.value.problems
+    assert problems[0].startswith(f"{corpus / 'a.md.metadata.json'}:1: invalid JSON (")
+    assert problems[1:] == [f'{corpus / "b.md.metadata.json"}:1: must be {{"metadataAttributes": {{...}}}}',
+                            f"{corpus / 'c.md.metadata.json'}:1: metadata for a document that does not exist",
+                            f'{corpus / "d.md.metadata.json"}:1: must be {{"metadataAttributes": {{...}}}}']
