@@ -227,3 +227,15 @@ def test_a_url_that_is_not_http_is_refused(url):
                                             ("Wed, 21 Oct 2015 07:28:00 GMT", 10.0), ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0)])
 def test_retry_after_in_seconds_or_an_http_date(value, seconds):
     assert client.retry_after_seconds(value, now=1445412470.0) == seconds
+
+
+def test_by_default_six_attempts_and_at_most_two_minutes_a_wait():
+    sleeps: list[float] = []
+    with Server((503, {"message": "busy"}, {})) as server:
+        reply = Target(server.url, sleep=sleeps.append).query({"question": "q"})
+    assert (reply.status, reply.attempts, len(server.requests)) == (503, 6, 6)
+    assert sleeps == pytest.approx([1.0, 2.0, 4.0, 8.0, 16.0], abs=0.05)
+    sleeps.clear()
+    with Server((429, {}, {"Retry-After": "3600"}), OK) as server:
+        assert Target(server.url, sleep=sleeps.append).query({"question": "q"}).ok
+    assert sleeps == pytest.approx([120.0], abs=0.05)
