@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-import botocore.session
+import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from botocore.stub import Stubber
@@ -16,17 +16,17 @@ from evaluation import judge, stage
 from evaluation.client import TargetError
 from evaluation.evalset import load_corpus
 
-_CORE = botocore.session.get_session()
 SINCE = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 
 
 class Aws:
-    """A boto3-like session whose clients are stubbed; `region_name` and credentials as a stage's."""
+    """A boto3-like session whose clients are stubbed; `region_name` and credentials as a stage's. The clients come
+    from boto3's default session, whose loader the harness tests have filled (a new session loads every model again)."""
 
     region_name = "eu-west-1"
 
     def __init__(self, *services: str) -> None:
-        self.clients = {name: _CORE.create_client(name, region_name=self.region_name, aws_access_key_id="AKIDEXAMPLE",
+        self.clients = {name: boto3.client(name, region_name=self.region_name, aws_access_key_id="AKIDEXAMPLE",
                                                   aws_secret_access_key="secret") for name in services}
         self.stubs = {name: Stubber(client) for name, client in self.clients.items()}
         for stub in self.stubs.values():
@@ -202,7 +202,7 @@ def test_stale_objects_are_deleted_a_thousand_at_a_time(tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "a.md").write_text("alpha")
     corpus = load_corpus(tmp_path / "c")
-    s3 = _CORE.create_client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
     prefix = "p/eval/c/"
     stale = [f"old-{i:04d}.md" for i in range(1001)]
     with Stubber(s3) as stub:
@@ -227,7 +227,7 @@ def test_a_stage_without_the_corpus_outputs_says_which(tmp_path):
 
 
 def test_ingestion_waits_for_every_running_job_and_reports_a_failure_with_the_command_to_see_it():
-    agent = _CORE.create_client("bedrock-agent", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    agent = boto3.client("bedrock-agent", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
     ticks = iter([0.0, 10.0, 20.0, 30.0])
     sleeps: list[float] = []
     with Stubber(agent) as stub:
@@ -297,7 +297,7 @@ def _converse_reply(text: str, **usage) -> dict:
 
 
 def test_the_judge_asks_with_the_question_references_excerpts_and_answer():
-    runtime = _CORE.create_client("bedrock-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    runtime = boto3.client("bedrock-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
     grader = judge.Judge(runtime, "anthropic.claude-3-haiku-20240307-v1:0", max_tokens=64)
     row = {"question": "How fast?", "references": ["26 knots", "about 26 knots"],
            "response": {"answer": "26 knots [1]", "citations": [{"excerpt": "It does 26 knots."}, {"n": 2}]}}
@@ -318,7 +318,7 @@ def test_the_judge_asks_with_the_question_references_excerpts_and_answer():
 
 
 def test_the_judge_reads_the_grades_split_over_blocks():
-    runtime = _CORE.create_client("bedrock-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    runtime = boto3.client("bedrock-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
     reply = _converse_reply("")
     reply["output"]["message"]["content"] = [{"text": 'Grades: {"faithfulness": 1, '}, {"text": '"correctness": 0}'}]
     with Stubber(runtime) as stub:

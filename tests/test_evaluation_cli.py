@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 
-import botocore.session
+import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
@@ -45,8 +45,7 @@ class Aws:
 
 def test_a_run_with_the_judge_grades_each_answer_once_and_reports_its_scores(eval_files, tmp_path, monkeypatch, capsys):
     eval_set, corpus = eval_files
-    runtime = botocore.session.get_session().create_client("bedrock-runtime", region_name="us-east-1", aws_access_key_id="x",
-                                                            aws_secret_access_key="y")
+    runtime = boto3.client("bedrock-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
     profiles: list = []
     monkeypatch.setattr(stage, "session", lambda profile: (profiles.append(profile), Aws(runtime))[1])
     argv = ["run", "--eval-set", str(eval_set), "--corpus", str(corpus), "--modes", "rag", "--retrievers", "kb", "--concurrency", "1",

@@ -10,7 +10,6 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-import botocore.session
 import pytest
 from botocore import exceptions
 from botocore.stub import Stubber
@@ -24,7 +23,7 @@ import operator_cli as cli  # noqa: E402
 import rollback_model  # noqa: E402
 import start_training  # noqa: E402
 
-_CORE = botocore.session.get_session()
+from tests.test_operator_scripts import _CORE  # noqa: E402  (one botocore session: its loader has the service models already)
 DEPLOYER = "arn:aws:states:us-east-1:111122223333:stateMachine:RagDev-model-deployer"
 EXECUTION = "arn:aws:states:us-east-1:111122223333:execution:RagDev-model-deployer:e1"
 T0 = datetime(2026, 1, 1)
