@@ -5,7 +5,8 @@
 For each configuration present in both runs, "worse" follows the metric's direction (F1 down,
 latency or cost up). `--max-drop` is absolute (in the metric's unit) unless `--relative`, where it is
 a fraction of the baseline (0.1 = 10%). Exit status: 0 within the threshold, 1 when any configuration
-is worse by more, 2 when the runs cannot be compared (no shared configuration, unknown metric).
+is worse by more, 2 when the runs cannot be compared (no shared configuration, unknown metric, a
+metric neither run has). A configuration that lost the metric (a value before, none now) fails.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def load_summary(run: Path) -> dict[str, Any]:
 
 
 def direction(metric: str) -> bool:
-    """True when higher is better."""
-    for entry in metric_table(tuple(range(1, 101)), judge=True):
+    """True when higher is better, for the metrics a summary can hold (recall@k: k of scoring.K_VALUES)."""
+    for entry in metric_table(judge=True):
         if entry.name == metric:
             return entry.higher_is_better
     raise CompareError(f"unknown metric {metric!r}; e.g. f1, em, abstention_accuracy, recall@3, mrr, latency_p95_ms, cost_per_1k_usd")
@@ -67,6 +68,9 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any], *, metric: str,
         if relative:
             worse = worse / abs(old) if old else (0.0 if worse <= 0 else float("inf"))
         changes.append(Change(key, old, new, worse, failed=worse > max_drop))
+    if all(change.baseline is None and change.candidate is None for change in changes):
+        raise CompareError(f"neither run has a value of {metric} in the configurations they share: nothing to compare "
+                           "(a judge metric needs --judge, recall@k a --top-k of at least k)")
     return changes
 
 

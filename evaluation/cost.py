@@ -56,7 +56,7 @@ class CostModel:
                 estimated = True
             if input_tokens is None or output_tokens is None:
                 return None, False
-            tokens_cost = _bedrock(_model_id(model), int(input_tokens), int(output_tokens))
+            tokens_cost = _bedrock(model, int(input_tokens), int(output_tokens))
             if tokens_cost is None:
                 return None, estimated
             total += tokens_cost
@@ -65,10 +65,6 @@ class CostModel:
 
 def _looks_bedrock(model: str) -> bool:
     return bool(model) and not model.startswith(("sagemaker:", "local:")) and "." in model.split(":", 1)[0]
-
-
-def _model_id(model: str) -> str:
-    return model[len("bedrock:"):] if model.startswith("bedrock:") else model
 
 
 def _bedrock(model_id: str, input_tokens: int, output_tokens: int) -> float | None:

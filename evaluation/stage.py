@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,8 +31,8 @@ def session(profile: str | None = None):
         import botocore.exceptions
     except ImportError:  # pragma: no cover - the venv has boto3
         raise TargetError("boto3 is needed for --stage: run `make test` once to create .venv, then use .venv/bin/python") from None
-    try:
-        aws = boto3.Session(profile_name=profile)
+    try:  # boto3 reads AWS_DEFAULT_REGION and the profile, not AWS_REGION: the region the other scripts honour first
+        aws = boto3.Session(profile_name=profile, region_name=os.environ.get("AWS_REGION") or None)
     except botocore.exceptions.ProfileNotFound as error:
         raise TargetError(f"{error}: check --profile or AWS_PROFILE") from None
     if aws.get_credentials() is None:

@@ -67,8 +67,6 @@ class Parser(argparse.ArgumentParser):
 
 
 def is_loopback(host: Optional[str]) -> bool:
-    if not host:
-        return False
     if host == "localhost":
         return True
     try:
@@ -164,11 +162,6 @@ def build_request(session, method: str, url: str, body: Optional[dict], region: 
         SigV4Auth(frozen_credentials(session), "execute-api", signing_region).add_auth(request)
         headers = dict(request.headers.items())
     return urllib.request.Request(url, data=data, method=method, headers=headers)
-
-
-def signed(session, method: str, url: str, body: Optional[dict], region: Optional[str] = None) -> urllib.request.Request:
-    """Kept for callers of the old name: a request for `url`, signed when it is https."""
-    return build_request(session, method, url, body, region)
 
 
 def parse_filters(items: list[str]) -> dict:

@@ -12,7 +12,9 @@ one mutmut run in a scratch copy of the work tree, build/mutation/runs/<unit>/wo
 units can run one after another (or in two shells) while the survivors of a finished one are
 read. mutmut names mutants by their module path, so in the copy `lambda/` is renamed `src/` (the
 layout mutmut understands; handlers then import as `query.handler`, exactly as under
-pytest.ini's `pythonpath = lambda`). The source tree is never touched.
+pytest.ini's `pythonpath = lambda`). The source tree is never touched. In the scripts unit the
+operator scripts (SCRIPT_MODULES) are mutated, not the tooling and benchmarks (DO_NOT_MUTATE); the
+copy's conftest makes the names the tests load them by stand for scripts.<name> (_SCRIPT_LOADER).
 
 Tests: by default the test files that reach each unit (TESTS_FOR, the longest matching prefix);
 mutmut then runs, per mutant, only the tests that called the mutated function. Synth-based
@@ -53,12 +55,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "mutation"
 RUNS = OUT / "runs"
-DEFAULT_PATHS = ["lambda", "stacks/config.py", "model_artifacts/training"]
+DEFAULT_PATHS = ["lambda", "stacks/config.py", "model_artifacts/training", "local", "evaluation", "scripts"]
 # One mutmut run each: a run collects test coverage over its own tests only.
 UNITS = ["lambda/ingest", "lambda/query", "lambda/serving_record", "lambda/shared", "lambda/validate_training_input",
          "lambda/vector_index", "stacks/config.py", "model_artifacts/training", "evaluation", "local", "scripts"]
 PROGRESS_EVERY = 60.0
 TRAINING_MODULES = ("data_format", "train")  # model_artifacts/training/*.py, imported by file name
+# scripts/*.py with functions to mutate: run by operators as files, imported by the tests by file
+# path or (operator_cli, and by the other scripts) by bare name. Tooling and benchmarks are left out.
+# operator_cli comes first: the others import it by bare name, which must already be the alias.
+SCRIPT_MODULES = ("operator_cli", "ask", "cost_table", "endpoint_power", "rollback_model", "start_training")
+# Not mutated: the tooling and benchmarks among the scripts, and the harness's stand-in query API
+# (a test double for its tests and benchmark: its mutants test the tests, and hang them).
+DO_NOT_MUTATE = {"scripts": ["scripts/mutation.py", "scripts/bench*.py", "scripts/image_uris.py"],
+                 "evaluation": ["evaluation/stub_target.py"]}
+# Tests left out of a unit's runs. A test that runs a mutated script in a subprocess cannot kill a
+# mutant (the child runs it as __main__, a name no mutant is activated under), and with a working
+# directory of its own the child's mutmut trampoline finds no setup.cfg and fails the stats run.
+DESELECT = {"scripts": ["tests/test_query_client.py::test_the_script_never_shows_a_traceback_for_expected_mistakes"]}
 
 _QUERY = ["tests/test_query_errors.py", "tests/test_query_helpers.py", "tests/test_query_modes.py",
           "tests/test_query_prompts.py", "tests/test_query_properties.py", "tests/test_query_adversarial.py",
@@ -85,13 +99,17 @@ TESTS_FOR = {
     "lambda/vector_index": _VECTOR,
     "stacks/config.py": ["tests/test_config.py"],
     "model_artifacts/training": _TRAINING_DATA,
-    "evaluation": ["tests/test_evaluation_data.py", "tests/test_evaluation_harness.py", "tests/test_evaluation_metrics.py",
-                   "tests/test_evaluation_local.py"],
+    # Not test_evaluation_local.py (in the local unit): its 3 s real-embedder run would be paid by every
+    # mutant of cli/runner/scoring it reaches, and the stub-target harness tests run the same paths.
+    "evaluation": ["tests/test_evaluation_data.py", "tests/test_evaluation_harness.py", "tests/test_evaluation_metrics.py"]
+                  + [f"tests/test_evaluation_{part}.py" for part in ("aws", "cli", "client", "cost", "formats", "outputs", "report",
+                                                                     "runner", "scoring", "text")],
     "local": ["tests/test_local_text.py", "tests/test_local_chunking.py", "tests/test_local_documents.py", "tests/test_local_store.py",
               "tests/test_local_indexer.py", "tests/test_local_embedding.py", "tests/test_local_extractive.py",
               "tests/test_local_generators.py", "tests/test_local_app.py", "tests/test_local_http.py", "tests/test_local_cli.py",
               "tests/test_local_retrieval.py", "tests/test_local_server.py", "tests/test_evaluation_local.py"],
-    "scripts": ["tests/test_query_client.py", "tests/test_operator_scripts.py", "tests/test_validate_training_input.py"],
+    "scripts": ["tests/test_query_client.py", "tests/test_operator_scripts.py", "tests/test_validate_training_input.py",
+                "tests/test_cost_table.py", "tests/test_scripts_ask.py", "tests/test_scripts_operator.py"],
 }
 
 # Survivors that cannot change behaviour, by class: name, reason, test on the original and the
@@ -285,7 +303,7 @@ def _call_name(call: ast.Call) -> str:
 
 
 def _help_text_only(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
-    """Only a help/description text (or a group title) of an argparse call changed or went away."""
+    """Only a help/description/epilog text (or a group title) of an argparse call changed or went away."""
     found = _differences(_named(original, ""), _named(mutant, ""))
     if len(found) != 1:
         return False
@@ -293,12 +311,12 @@ def _help_text_only(original: ast.AST, mutant: ast.AST, changed: list[str]) -> b
     if isinstance(left, ast.Call) and isinstance(right, ast.Call) and len(left.keywords) != len(right.keywords):  # a keyword removed
         kept = {k.arg: ast.dump(k.value) for k in right.keywords}
         gone = [k.arg for k in left.keywords if kept.get(k.arg) != ast.dump(k.value)]
-        return _call_name(left) in ARGPARSE_CALLS and len(right.args) == len(left.args) and gone in (["help"], ["description"])
+        return _call_name(left) in ARGPARSE_CALLS and len(right.args) == len(left.args) and gone in (["help"], ["description"], ["epilog"])
     for index in range(len(parents) - 1, -1, -1):  # the innermost keyword or argument of an argparse call
         node = parents[index]
         if isinstance(node, ast.keyword):
             call = next((p for p in reversed(parents[:index]) if isinstance(p, ast.Call)), None)
-            return node.arg in ("help", "description") and call is not None and _call_name(call) in ARGPARSE_CALLS
+            return node.arg in ("help", "description", "epilog") and call is not None and _call_name(call) in ARGPARSE_CALLS
         if isinstance(node, ast.Call) and _call_name(node) == "add_argument_group":
             return bool(node.args) and (node.args[0] is left or node.args[0] in parents[index + 1:])
     return False
@@ -332,8 +350,8 @@ EQUIVALENT = [
                             "changes the case of an execute()d SQL text, its quoted strings, quoted identifiers and "
                             "named parameters unchanged, runs the same statement",
      _sqlite_case),
-    ("help text", "the mutant changes only what --help prints (an argparse help or description text, or a group "
-                  "title): the options, their types and defaults are unchanged",
+    ("help text", "the mutant changes only what --help prints (an argparse help, description or epilog text, or a "
+                  "group title): the options, their types and defaults are unchanged",
      _help_text_only),
 ]
 
@@ -360,7 +378,7 @@ def slug(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_")
 
 
-def scratch_copy(work: Path) -> None:
+def scratch_copy(work: Path, unit: str = "") -> None:
     """The work tree's files (tracked and new, not ignored) with lambda/ renamed src/."""
     if work.exists():
         shutil.rmtree(work)
@@ -382,8 +400,37 @@ def scratch_copy(work: Path) -> None:
     # train.py); mutmut knows them by path. The copy's conftest makes both names one module.
     aliases = "".join(f"sys.modules.setdefault({name!r}, importlib.import_module('model_artifacts.training.{name}'))\n"
                       for name in TRAINING_MODULES)
+    if unit == "scripts" or unit.startswith("scripts/"):
+        aliases += _SCRIPT_LOADER.format(modules=SCRIPT_MODULES)
     with open(work / "tests" / "conftest.py", "a") as conftest:
         conftest.write(f"\n\nimport importlib  # noqa: E402 (scripts/mutation.py)\nimport sys  # noqa: E402\n{aliases}")
+
+
+# The scripts' mutants are activated by their module name, scripts.<name>; a module loaded under
+# another name runs the original code. Scripts import operator_cli by bare name (their folder on
+# sys.path) and the tests load them by file path (spec_from_file_location("ask", .../ask.py)), so
+# in the copy, for the scripts unit only, the bare names are aliases of scripts.<name> and a spec
+# made for one of these files carries the name scripts.<name>. The loaded code is the same file.
+_SCRIPT_LOADER = """
+import importlib.util  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+_SCRIPTS = _Path(__file__).resolve().parents[1] / "scripts"
+_SCRIPT_MODULES = {modules!r}
+for _name in _SCRIPT_MODULES:
+    sys.modules.setdefault(_name, importlib.import_module("scripts." + _name))
+_spec_from_file_location = importlib.util.spec_from_file_location
+
+
+def _script_spec(name, location=None, *args, **kwargs):
+    path = _Path(location).resolve() if location is not None else None
+    if path is not None and path.parent == _SCRIPTS.resolve() and path.stem in _SCRIPT_MODULES:
+        name = "scripts." + path.stem
+    return _spec_from_file_location(name, location, *args, **kwargs)
+
+
+importlib.util.spec_from_file_location = _script_spec
+"""
 
 
 def source_in_work(path: str) -> str:
@@ -393,11 +440,18 @@ def source_in_work(path: str) -> str:
 def mutmut_config(path: str, tests: list[str], work: Path) -> str:
     copied = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in work.iterdir()
                     if entry.name not in ("mutants", "lambda", "setup.cfg") and not entry.is_symlink())
+    deselected = [f"--deselect={test}" for prefix, tests_out in DESELECT.items() if path == prefix or path.startswith(prefix + "/")
+                  for test in tests_out]
     lines = ["[mutmut]", "source_paths=" + source_in_work(path),
              "pytest_add_cli_args_test_selection=" + "\n    ".join(tests),
-             "pytest_add_cli_args=-p no:cacheprovider -q",
+             # mutmut collects the tests with --collect-only, where syrupy calls every snapshot unused and exits 1
+             "pytest_add_cli_args=" + "\n    ".join(["-p no:cacheprovider -q", "--snapshot-warn-unused", *deselected]),
              "use_git_change_detection=false",
              "also_copy=" + "\n    ".join(copied)]  # the whole work tree: tests read README.md, cdk.json, ...
+    skipped = [pattern for prefix, patterns in DO_NOT_MUTATE.items() if path == prefix or path.startswith(prefix + "/")
+               for pattern in patterns]
+    if skipped:
+        lines.append("do_not_mutate=" + "\n    ".join(skipped))
     return "\n".join(lines) + "\n"
 
 
@@ -599,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
         run = RUNS / slug(unit)
         work = run / "work"
         print(f"{unit}: mutating against {' '.join(tests)} in {work.relative_to(ROOT)}", flush=True)
-        scratch_copy(work)
+        scratch_copy(work, unit)
         (work / "setup.cfg").write_text(mutmut_config(unit, tests, work))
         code = run_mutmut(mutmut, work, args.max_children, unit)
         log = (run / "mutmut.log").read_text()

@@ -106,8 +106,10 @@ def start_execution(stepfunctions, arn: str, request: dict[str, Any], name: Opti
     return stepfunctions.start_execution(**arguments)["executionArn"]
 
 
-def wait_for_execution(stepfunctions, execution_arn: str, *, poll_seconds: float = 30.0, sleep: Callable[[float], None] = time.sleep, out=None) -> tuple[str, Any]:
+def wait_for_execution(stepfunctions, execution_arn: str, *, poll_seconds: float = 30.0, sleep: Optional[Callable[[float], None]] = None,
+                       out=None) -> tuple[str, Any]:
     """Polls until the execution ends, printing its status as it goes; returns (status, output or cause)."""
+    sleep = sleep or time.sleep
     out = out or sys.stderr
     last = None
     while True:
@@ -130,6 +132,6 @@ def deploy(stepfunctions, deployer_arn: str, request: dict[str, Any], *, wait: b
     print(execution)
     if not wait:
         return EXIT_OK
-    status, result = wait_for_execution(stepfunctions, execution, **({"sleep": sleep} if sleep else {}))
-    print(json.dumps({"status": status, "result": result}, indent=2, default=str))
+    status, result = wait_for_execution(stepfunctions, execution, sleep=sleep)
+    print(json.dumps({"status": status, "result": result}, indent=2))  # the execution's JSON output, or its cause/error text
     return EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED
