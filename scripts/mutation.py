@@ -179,16 +179,26 @@ def _header_name_case(original: ast.AST, mutant: ast.AST, changed: list[str]) ->
             and isinstance(keyword, ast.keyword) and keyword.arg == "headers")
 
 
+def _one_case_change(original: ast.AST, mutant: ast.AST) -> tuple[str, str, tuple] | None:
+    """The one string constant whose case alone differs between original and mutant, as (old, new,
+    parents), or None when the mutant changed anything else."""
+    found = _differences(_named(original, ""), _named(mutant, ""))
+    if len(found) != 1:
+        return None
+    left, right, parents = found[0]
+    if not (isinstance(left, str) and isinstance(right, str) and left.lower() == right.lower() and len(parents) >= 2):
+        return None
+    return left, right, parents
+
+
 def _response_header_name_case(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
     """Only the case of a response header name changed: a key of the dict literal under "headers"
     in a proxy-response dict literal ({"statusCode": ..., "headers": {...}}), or the name given to
     BaseHTTPRequestHandler.send_header()."""
-    found = _differences(_named(original, ""), _named(mutant, ""))
-    if len(found) != 1:
+    change = _one_case_change(original, mutant)
+    if change is None:
         return False
-    left, right, parents = found[0]
-    if not (isinstance(left, str) and isinstance(right, str) and left.lower() == right.lower() and len(parents) >= 2):
-        return False
+    left, right, parents = change
     constant, holder = parents[-1], parents[-2]
     if isinstance(holder, ast.Call):
         return bool(holder.args) and holder.args[0] is constant and _call_name(holder) == "send_header"
@@ -221,12 +231,10 @@ def _request_header_read_case(original: ast.AST, mutant: ast.AST, changed: list[
     """Only the case of a request header name changed, read as `self.headers.get(name, ...)` or
     tested as `name in self.headers` in a BaseHTTPRequestHandler subclass (its headers are an
     email.message.Message, which compares names case-insensitively)."""
-    found = _differences(_named(original, ""), _named(mutant, ""))
-    if len(found) != 1:
+    change = _one_case_change(original, mutant)
+    if change is None:
         return False
-    left, right, parents = found[0]
-    if not (isinstance(left, str) and isinstance(right, str) and left.lower() == right.lower() and len(parents) >= 2):
-        return False
+    left, right, parents = change
     constant, holder = parents[-1], parents[-2]
     if isinstance(holder, ast.Call) and holder.args and holder.args[0] is constant and _call_name(holder) == "get":
         receiver = holder.func.value
@@ -249,12 +257,10 @@ def _http_handler_classes(tree: ast.AST) -> set[str]:
 def _codec_name_case(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool:
     """Only the case of a codec name changed: the first argument of encode()/decode() or an
     `encoding=` keyword, naming the same codec either way (codecs.lookup normalizes names)."""
-    found = _differences(_named(original, ""), _named(mutant, ""))
-    if len(found) != 1:
+    change = _one_case_change(original, mutant)
+    if change is None:
         return False
-    left, right, parents = found[0]
-    if not (isinstance(left, str) and isinstance(right, str) and left.lower() == right.lower() and len(parents) >= 2):
-        return False
+    left, right, parents = change
     try:
         if codecs.lookup(left).name != codecs.lookup(right).name:
             return False
@@ -279,12 +285,10 @@ def _sqlite_case(original: ast.AST, mutant: ast.AST, changed: list[str]) -> bool
     named parameters."""
     if "sqlite3" not in _module_imports:
         return False
-    found = _differences(_named(original, ""), _named(mutant, ""))
-    if len(found) != 1:
+    change = _one_case_change(original, mutant)
+    if change is None:
         return False
-    left, right, parents = found[0]
-    if not (isinstance(left, str) and isinstance(right, str) and left.lower() == right.lower() and len(parents) >= 2):
-        return False
+    left, right, parents = change
     constant, call = parents[-1], parents[-2]
     return (isinstance(call, ast.Call) and bool(call.args) and call.args[0] is constant and _call_name(call) in SQL_CALLS
             and SQL_CASE_KEPT.findall(left) == SQL_CASE_KEPT.findall(right))
