@@ -18,6 +18,8 @@ import unicodedata
 from collections import Counter
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
+
 UNSPACED_LANGS = frozenset({"ja", "zh", "th", "lo", "km", "my", "bo", "yue", "wuu"})
 # Hiragana, Katakana, CJK ideographs (+ extension A, compatibility), half-width Katakana, Thai,
 # Lao, Myanmar, Khmer, Tibetan.
@@ -184,6 +186,27 @@ def bootstrap_ci(values: Sequence[float], statistic: Callable[[Sequence[float]],
     if not values:
         return None
     n = len(values)
-    estimates = sorted(statistic(rng.choices(values, k=n)) for _ in range(resamples))
+    picks = _resample_indices(rng, resamples, n)
+    if statistic is mean:
+        # Summed left to right, as sum() does; the last column of a cumulative sum is that order.
+        estimates = sorted((np.cumsum(np.asarray(values, dtype=float)[picks], axis=1)[:, -1] / n).tolist())
+    else:
+        estimates = sorted(statistic([values[i] for i in row]) for row in picks.tolist())
     tail = (1.0 - level) / 2.0 * 100.0
     return percentile(estimates, tail), percentile(estimates, 100.0 - tail)
+
+
+def _resample_indices(rng: random.Random, resamples: int, n: int) -> np.ndarray:
+    """The indices `rng.choices(range(n), k=n)` would draw `resamples` times, drawn at numpy speed.
+
+    Both generators are MT19937 with the same 53-bit doubles: numpy continues from `rng`'s exact
+    state, `choices` takes floor(random() * n), and `rng` is left where `choices` would leave it.
+    The bootstrap is the harness's largest fixed cost (about 0.8 s a run in pure Python).
+    """
+    version, internal, gauss = rng.getstate()
+    generator = np.random.RandomState()
+    generator.set_state(("MT19937", np.array(internal[:-1], dtype=np.uint32), internal[-1], 0, 0.0))
+    picks = np.floor(generator.random_sample((resamples, n)) * n).astype(np.intp)
+    _, keys, position, _, _ = generator.get_state()
+    rng.setstate((version, (*(int(k) for k in keys), int(position)), gauss))
+    return picks
