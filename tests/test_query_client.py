@@ -17,12 +17,13 @@ import subprocess
 import sys
 import threading
 import urllib.error
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import botocore.session
 import pytest
 from botocore.stub import Stubber
+
+from tests.json_api_stub import JsonApiStub
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "ask.py"
@@ -64,43 +65,10 @@ def creds(no_aws, monkeypatch):
     monkeypatch.setenv("AWS_SESSION_TOKEN", "token")
 
 
-class Api:
-    """A local API: records requests, answers from `self.answer` = (status, body bytes, headers)."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        self.answer = (200, json.dumps(ANSWER).encode(), {})
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _serve(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                api.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers.items()),
-                                     "body": json.loads(self.rfile.read(length)) if length else None})
-                status, body, headers = api.answer
-                self.send_response(status)
-                for key, value in {"Content-Type": "application/json", **headers}.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _serve
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-
 @pytest.fixture(scope="module")
 def module_api():
-    api = Api()
-    yield api
-    api.server.shutdown()
-    api.server.server_close()
+    with JsonApiStub() as api:
+        yield api
 
 
 @pytest.fixture
@@ -147,8 +115,8 @@ def test_local_url_without_path_posts_to_v1_query_unsigned_with_every_option(api
     assert code == 0
     [request] = api.requests
     assert (request["method"], request["path"]) == ("POST", "/v1/query")
-    assert "Authorization" not in request["headers"]  # no credentials needed (or present) for the local server
-    assert request["body"] == {"question": "How?", "mode": "rag", "retriever": "opensearch", "top_k": 3, "generator": "extractive",
+    assert "authorization" not in request["headers"]  # no credentials needed (or present) for the local server
+    assert json.loads(request["body"]) == {"question": "How?", "mode": "rag", "retriever": "opensearch", "top_k": 3, "generator": "extractive",
                                "filters": {"year": [2024, 2025], "team": "-ops"}}
     out = capsys.readouterr().out
     assert "Yearly [1]." in out and "[1] s3://d/kms.md (score 0.910)" in out
